@@ -1,0 +1,1 @@
+//! Benchmarks of readiness against its peers; see `benches/`.

@@ -1,0 +1,100 @@
+//! The `readiness` command.
+
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use readiness::{Backend, Events, Interest, Mode, Poller};
+
+#[derive(Parser)]
+#[command(name = "readiness", version, about = "Socket readiness on every OS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the backends built for this OS, their capabilities, and check
+    /// each with a loopback connection.
+    Probe,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Probe => probe(),
+    };
+    if let Err(e) = result {
+        eprintln!("readiness: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn probe() -> io::Result<()> {
+    println!("os: {} ({})", std::env::consts::OS, std::env::consts::ARCH);
+    println!("default backend: {}", Backend::default_for_os());
+    let mut failures = 0;
+    for &backend in Backend::available() {
+        let poller = match Poller::with_backend(backend) {
+            Ok(p) => p,
+            Err(e) => {
+                println!("{backend:>10}: unavailable: {e}");
+                failures += 1;
+                continue;
+            }
+        };
+        let check = match loopback_check(&poller) {
+            Ok(t) => format!("loopback ok in {:.1?}", t),
+            Err(e) => {
+                failures += 1;
+                format!("loopback FAILED: {e}")
+            }
+        };
+        println!(
+            "{:>10}: level={} edge={} priority={}; {check}",
+            backend.name(),
+            poller.supports_level(),
+            poller.supports_edge(),
+            poller.supports_priority(),
+        );
+    }
+    if failures > 0 {
+        return Err(io::Error::other(format!(
+            "{failures} backend(s) failed the probe"
+        )));
+    }
+    Ok(())
+}
+
+/// Connects on loopback and waits for the accept and the connect to be
+/// reported: a backend that passes can do real work on this machine.
+fn loopback_check(poller: &Poller) -> io::Result<Duration> {
+    let start = Instant::now();
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    poller.add(&listener, 1, Interest::READABLE, Mode::Oneshot)?;
+    let client = TcpStream::connect(listener.local_addr()?)?;
+    client.set_nonblocking(true)?;
+    poller.add(&client, 2, Interest::WRITABLE, Mode::Oneshot)?;
+    let (mut accepted, mut connected) = (false, false);
+    let mut events = Events::new();
+    while !(accepted && connected) {
+        if poller.wait(&mut events, Some(Duration::from_secs(5)))? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no readiness within 5 s",
+            ));
+        }
+        for ev in &events {
+            accepted |= ev.key() == 1 && ev.is_readable();
+            connected |= ev.key() == 2 && ev.is_writable();
+        }
+    }
+    poller.delete(&client)?;
+    poller.delete(&listener)?;
+    Ok(start.elapsed())
+}

@@ -1,0 +1,1 @@
+//! BSD and Apple `kqueue` (being written).

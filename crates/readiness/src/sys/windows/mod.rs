@@ -1,0 +1,1 @@
+//! Windows backends (being written).
