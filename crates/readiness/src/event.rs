@@ -255,10 +255,12 @@ impl Events {
         self.list.clear();
     }
     /// Room left in this wait.
+    #[cfg_attr(windows, allow(dead_code))]
     pub(crate) fn remaining(&self) -> usize {
         self.capacity - self.list.len()
     }
     /// Stores one event (backends call this; they respect [`Self::remaining`]).
+    #[cfg_attr(windows, allow(dead_code))]
     pub(crate) fn push(&mut self, event: Event) {
         debug_assert!(self.list.len() < self.capacity);
         self.list.push(event);

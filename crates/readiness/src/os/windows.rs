@@ -24,3 +24,12 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for crate::Builder {}
 }
+
+/// Whether this process runs under Wine rather than Windows.
+///
+/// Wine reimplements `\Device\Afd`; `docs/WINDOWS.md` lists where it is known
+/// to differ. The library behaves the same either way: this is for reports
+/// and test output.
+pub fn running_under_wine() -> bool {
+    crate::sys::windows::afd::is_wine()
+}
