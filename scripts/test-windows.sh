@@ -114,11 +114,27 @@ export WINEPREFIX="$PREFIX" WINEARCH=win64 WINEDEBUG=-all
 export WINEDLLOVERRIDES="mscoree,mshtml="
 unset DISPLAY WAYLAND_DISPLAY
 
+# Kills every process started in our prefix. `wineserver -k` does that while
+# the server lives; if wineserver itself crashed (seen here: an assertion in
+# server/fd.c under socket stress), its children (winedevice.exe, services.exe)
+# are orphans only this scan finds.
+kill_prefix_processes() {
+    local pid env
+    for env in /proc/[0-9]*/environ; do
+        pid=${env#/proc/}; pid=${pid%/environ}
+        [[ $pid == "$$" ]] && continue
+        if { tr '\0' '\n' <"$env"; } 2>/dev/null | grep -qxF "WINEPREFIX=$PREFIX"; then
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    done
+}
+
 cleanup() {
     local rc=$?
     if [[ -d "$PREFIX" ]]; then
-        "$WINESERVER_BIN" -k >/dev/null 2>&1 || true
-        "$WINESERVER_BIN" -w >/dev/null 2>&1 || true
+        timeout 30 "$WINESERVER_BIN" -k >/dev/null 2>&1 9>&- || true
+        timeout 30 "$WINESERVER_BIN" -w >/dev/null 2>&1 9>&- || true
+        kill_prefix_processes
     fi
     exit "$rc"
 }
@@ -238,13 +254,14 @@ log "${#EXES[@]} test binaries"
 
 # ---------------------------------------------------------------- wine prefix
 T0=$(now)
-"$WINESERVER_BIN" -k >/dev/null 2>&1 || true   # stale server from a killed run
+timeout 30 "$WINESERVER_BIN" -k >/dev/null 2>&1 9>&- || true   # stale server from a killed run
+kill_prefix_processes
 rm -rf -- "$PREFIX"
 mkdir -p "$LOG_DIR"
 rm -f "$LOG_DIR"/*.log
 log "creating fresh Wine prefix $PREFIX"
 # "failed to open ...syswow64\rundll32.exe" is expected: no 32-bit Wine here.
-"$WINE_BIN" wineboot --init </dev/null >"$LOG_DIR/wineboot.log" 2>&1 ||
+"$WINE_BIN" wineboot --init 9>&- </dev/null >"$LOG_DIR/wineboot.log" 2>&1 ||
     { cat "$LOG_DIR/wineboot.log" >&2; die "wineboot --init failed"; }
 "$WINESERVER_BIN" -w   # let wineboot finish and flush the registry
 SYS32="$PREFIX/drive_c/windows/system32"
@@ -262,9 +279,12 @@ else
         -ladvapi32 -lkernel32
     cp "$WINE_TARGET_DIR/bcryptprimitives.dll" "$SYS32/bcryptprimitives.dll"
 fi
-# Keep one server (and its system processes) alive for all runs; the EXIT trap
-# kills it.
+# Keep one server and its system processes (services.exe, winedevice.exe, ...)
+# alive for all runs, started here with their stdio away from the tests' logs;
+# the EXIT trap kills them.
 "$WINESERVER_BIN" -p
+"$WINE_BIN" cmd /c exit 9>&- </dev/null >>"$LOG_DIR/wineboot.log" 2>&1 ||
+    { cat "$LOG_DIR/wineboot.log" >&2; die "cannot start a Windows process in the prefix"; }
 T_PREFIX=$(($(now) - T0))
 log "prefix ready in ${T_PREFIX}s"
 
@@ -288,6 +308,8 @@ describe_rc() {
         124|137) echo "TIMEOUT after ${TIMEOUT_SECS}s" ;;
         53) echo "exit 53 (c0000135: DLL not found / missing import)" ;;
         5) echo "exit 5 (c0000005: access violation?)" ;;
+        9) echo "exit 9 (c0000409: abort / fail-fast?)" ;;
+        253) echo "exit 253 (c00000fd: stack overflow?)" ;;
         *) echo "exit $1" ;;
     esac
 }
@@ -295,14 +317,22 @@ describe_rc() {
 run_one() { # backend index
     local backend=$1 i=$2
     local label=${LABELS[$i]} exe=${EXES[$i]}
-    local logf="$LOG_DIR/$backend-${label//\//__}.log"
+    local safe=${label//\//__}
+    local logf="$LOG_DIR/$backend-${safe//:/_}.log"
     log "[$backend] $label"
-    set +e
+    # Output goes to a file, not a pipe: Wine system processes (services.exe,
+    # winedevice.exe, ...) started on behalf of a test inherit its stdio and
+    # outlive it, so a pipe (e.g. to tee) would never see EOF.  `tail --pid`
+    # streams the log and stops when the test process is gone.
     # Like `cargo test`, run from the package's directory.
-    (cd "${DIRS[$i]}" && READINESS_TEST_BACKEND=$backend timeout -k 30 "$TIMEOUT_SECS" \
-        "$WINE_BIN" "$exe" "${LIBTEST_ARGS[@]}" </dev/null 2>&1) | tee "$logf"
-    local rc=${PIPESTATUS[0]}
-    set -e
+    : >"$logf"   # exists before tail opens it
+    (cd "${DIRS[$i]}" && exec env READINESS_TEST_BACKEND="$backend" \
+        timeout -k 30 "$TIMEOUT_SECS" "$WINE_BIN" "$exe" "${LIBTEST_ARGS[@]}" 9>&- \
+        </dev/null >>"$logf" 2>&1) &
+    local pid=$!
+    tail -n +1 -f --pid="$pid" "$logf" 2>/dev/null || true
+    local rc=0
+    wait "$pid" || rc=$?
     local pass=0 fail=0 ign=0 seen=0 line
     while IFS= read -r line; do
         line=${line%$'\r'}
@@ -316,7 +346,10 @@ run_one() { # backend index
     local status
     status=$(describe_rc "$rc")
     if ((rc != 0)); then
-        if ((seen == 0)); then status="$status, no libtest summary (crash?)"; fi
+        if ((seen == 0)); then
+            if ((rc == 124 || rc == 137)); then status="$status, no libtest summary"
+            else status="$status, no libtest summary (crash?)"; fi
+        fi
         # A crash, timeout or non-zero exit with no failed test still counts.
         ((fail > 0)) || fail=1
         FAILURES+=("$backend $label: $status (log: $logf)")

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, as README.md states it: every backend this machine
+# can run.
+#   1. Linux, default backend (epoll): every crate's tests and doc tests.
+#   2. Linux, poll(2) forced by `--cfg readiness_test_poll_backend`: the
+#      poller crate's tests again (its own target dir, so pass 1 is not
+#      rebuilt).
+#   3. Windows, cross-built and run under Wine: the raw AFD tests and the
+#      backends' own tests on the `afd` backend, and the conformance suite on
+#      both `afd` and `afd-direct` (scripts/test-windows.sh installs what it
+#      needs on a fresh machine).
+# Exits non-zero if any pass fails; every pass runs either way.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+failed=()
+run() {
+    local name=$1
+    shift
+    printf '\n==== %s\n' "$name"
+    if ! "$@"; then
+        failed+=("$name")
+    fi
+}
+
+run "linux: epoll (default backend)" cargo test --workspace
+run "linux: poll(2) (forced by cfg)" env RUSTFLAGS="--cfg readiness_test_poll_backend" \
+    cargo test -p readiness --target-dir target/poll-backend
+run "windows under wine: afd and afd-direct" env \
+    WINE_TEST_PACKAGES="${WINE_TEST_PACKAGES:-readiness}" scripts/test-windows.sh
+
+printf '\n'
+if ((${#failed[@]})); then
+    printf 'FAILED: %s\n' "${failed[@]}"
+    exit 1
+fi
+echo "all test passes succeeded"
