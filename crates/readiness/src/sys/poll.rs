@@ -4,7 +4,8 @@
 //! descriptor to registration, so a wait copies the array instead of
 //! rebuilding it. A pipe wakes a blocked `poll` both for [`notify`] and for
 //! changes to the registrations (the new set must be polled). Waits are
-//! serialised: one thread polls at a time, others queue on `wait_lock`.
+//! serialised: one thread polls at a time, others queue at the [`Gate`], each
+//! for no longer than its own timeout.
 //!
 //! Level-triggered and oneshot modes only: `poll(2)` has no edge triggering.
 //! A descriptor closed while registered comes back as `POLLNVAL`; its
@@ -16,8 +17,8 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::Driver;
 use super::unix::{Source, drain};
@@ -60,10 +61,16 @@ struct State {
 struct WaitBuf {
     pollfds: Vec<libc::pollfd>,
     slots: Vec<(RawFd, u64)>,
+    /// The slot where the next wait starts reporting: the first ready one a
+    /// full buffer left out, so that level-triggered sources early in the
+    /// array cannot starve later ones.
+    next: usize,
 }
 
 pub(crate) struct Poller {
     state: Mutex<State>,
+    gate: Gate,
+    /// Only taken by the thread that passed the gate: never contended.
     wait_lock: Mutex<WaitBuf>,
     wake_read: OwnedFd,
     wake_write: OwnedFd,
@@ -118,6 +125,7 @@ fn decode(revents: libc::c_short, interest: Interest) -> u8 {
     if revents & libc::POLLPRI != 0 && interest.is_priority() {
         out |= flag::PRIORITY;
     }
+    #[allow(clippy::bad_bit_mask)] // RDHUP is 0 where the OS lacks it
     if RDHUP != 0 && revents & RDHUP != 0 && interest.is_readable() {
         out |= flag::READ_CLOSED;
     }
@@ -144,6 +152,7 @@ impl Poller {
         };
         Ok(Poller {
             state: Mutex::new(state),
+            gate: Gate::default(),
             wait_lock: Mutex::new(WaitBuf::default()),
             wake_read,
             wake_write,
@@ -235,8 +244,15 @@ impl Driver for Poller {
     }
 
     fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<bool> {
+        let Some(_turn) = self.gate.enter(timeout) else {
+            return Ok(false); // timed out while another thread polled
+        };
         let mut buf = lock(&self.wait_lock);
-        let WaitBuf { pollfds, slots } = &mut *buf;
+        let WaitBuf {
+            pollfds,
+            slots,
+            next,
+        } = &mut *buf;
         {
             let mut state = lock(&self.state);
             pollfds.clear();
@@ -279,11 +295,18 @@ impl Driver for Poller {
             state.wake_pending = false;
             woken = self.notified.swap(false, Ordering::AcqRel);
         }
-        for (pfd, &(fd, generation)) in pollfds.iter().zip(slots.iter()).skip(1) {
+        let start = if (1..pollfds.len()).contains(next) {
+            *next
+        } else {
+            1
+        };
+        for i in (start..pollfds.len()).chain(1..start) {
+            let (pfd, (fd, generation)) = (&pollfds[i], slots[i]);
             if pfd.revents == 0 {
                 continue;
             }
             if events.remaining() == 0 {
+                *next = i;
                 break;
             }
             let Some((slot, entry)) = state.entries.get_mut(&fd) else {
@@ -313,15 +336,55 @@ impl Driver for Poller {
     }
 
     fn notify(&self) -> io::Result<()> {
-        if !self.notified.swap(true, Ordering::AcqRel) {
-            if let Err(e) = rustix::io::write(&self.wake_write, &[1]) {
-                if e != rustix::io::Errno::AGAIN {
-                    self.notified.store(false, Ordering::Release);
-                    return Err(e.into());
-                }
-            }
+        // A full pipe (`EAGAIN`) already holds a wake-up.
+        if !self.notified.swap(true, Ordering::AcqRel)
+            && let Err(e) = rustix::io::write(&self.wake_write, &[1])
+            && e != rustix::io::Errno::AGAIN
+        {
+            self.notified.store(false, Ordering::Release);
+            return Err(e.into());
         }
         Ok(())
+    }
+}
+
+/// Lets one wait at a time through; the others queue, but (unlike at a
+/// mutex) no longer than their timeout.
+#[derive(Default)]
+struct Gate {
+    busy: Mutex<bool>,
+    free: Condvar,
+}
+
+impl Gate {
+    /// Waits for the turn, for at most `timeout` (`None`: no limit).
+    fn enter(&self, timeout: Option<Duration>) -> Option<Turn<'_>> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut busy = lock(&self.busy);
+        while *busy {
+            busy = match deadline {
+                Some(deadline) => {
+                    let left = deadline.checked_duration_since(Instant::now())?;
+                    self.free
+                        .wait_timeout(busy, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self.free.wait(busy).unwrap_or_else(PoisonError::into_inner),
+            };
+        }
+        *busy = true;
+        Some(Turn(self))
+    }
+}
+
+/// The turn at the [`Gate`], given back when dropped.
+struct Turn<'a>(&'a Gate);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.busy) = false;
+        self.0.free.notify_one();
     }
 }
 
@@ -329,10 +392,10 @@ impl Driver for Poller {
 fn remove_slot(state: &mut State, slot: usize) {
     state.pollfds.swap_remove(slot);
     state.slots.swap_remove(slot);
-    if let Some(&moved) = state.slots.get(slot) {
-        if let Some((s, _)) = state.entries.get_mut(&moved) {
-            *s = slot;
-        }
+    if let Some(&moved) = state.slots.get(slot)
+        && let Some((s, _)) = state.entries.get_mut(&moved)
+    {
+        *s = slot;
     }
 }
 
