@@ -173,7 +173,9 @@ impl Event {
     pub const fn is_read_closed(&self) -> bool {
         self.flags & flag::READ_CLOSED != 0
     }
-    /// Nothing more can be sent: the connection is shut down for writing.
+    /// Nothing more can be sent: the connection is closed in both directions
+    /// (reset, failed connect, or shut down both ways). A local
+    /// `shutdown(Write)` alone is not reported.
     pub const fn is_write_closed(&self) -> bool {
         self.flags & flag::WRITE_CLOSED != 0
     }

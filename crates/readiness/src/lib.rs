@@ -154,6 +154,8 @@ pub struct Poller {
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<Poller>();
+    send_sync::<Events>();
+    send_sync::<Event>();
 };
 
 impl Poller {
@@ -201,6 +203,7 @@ impl Poller {
     /// for a key above [`MAX_KEY`]; [`Unsupported`](io::ErrorKind::Unsupported)
     /// for a mode or interest this backend lacks; the OS error for a closed or
     /// invalid handle.
+    #[inline]
     pub fn add(
         &self,
         source: &(impl AsSource + ?Sized),
@@ -217,6 +220,7 @@ impl Poller {
     ///
     /// Errors: [`NotFound`](io::ErrorKind::NotFound) if the source is not
     /// registered; otherwise as [`add`](Self::add).
+    #[inline]
     pub fn modify(
         &self,
         source: &(impl AsSource + ?Sized),
@@ -232,6 +236,7 @@ impl Poller {
     /// starts after this returns.
     ///
     /// Errors: [`NotFound`](io::ErrorKind::NotFound) if it is not registered.
+    #[inline]
     pub fn delete(&self, source: &(impl AsSource + ?Sized)) -> io::Result<()> {
         self.driver.delete(sys::source(source))
     }
@@ -242,6 +247,7 @@ impl Poller {
     /// Clears `events`, fills it and returns how many events it holds. A
     /// return with no events means the timeout passed or a notification came.
     /// Interrupted system calls are retried.
+    #[inline]
     pub fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         match (timeout, deadline) {
@@ -262,6 +268,7 @@ impl Poller {
         self.wait_inner(events, timeout, deadline)
     }
 
+    #[inline]
     fn wait_inner(
         &self,
         events: &mut Events,
@@ -290,10 +297,12 @@ impl Poller {
 
     /// Wakes one blocked or the next [`wait`](Self::wait), from any thread.
     /// Several notifications before a wait wakes it once.
+    #[inline]
     pub fn notify(&self) -> io::Result<()> {
         self.driver.notify()
     }
 
+    #[inline]
     fn check(&self, key: usize, interest: Interest, mode: Mode) -> io::Result<()> {
         if key > MAX_KEY {
             return Err(io::Error::new(

@@ -34,6 +34,14 @@ const _: () = assert!((crate::MAX_KEY as u64 | DISARMED) < NOTIFY);
 /// need no lock.
 pub(crate) struct RawEvents(Vec<MaybeUninit<epoll::Event>>);
 
+// SAFETY: `epoll::Event` is plain data; it is `!Send` only because its data
+// union has a pointer member, which this crate never uses (keys travel as
+// `u64`). The buffer is written by the kernel and read by the poller during
+// one wait call, never interpreted afterwards.
+unsafe impl Send for RawEvents {}
+// SAFETY: as above; `&RawEvents` gives no access to the entries.
+unsafe impl Sync for RawEvents {}
+
 impl RawEvents {
     pub(crate) fn with_capacity(capacity: usize) -> RawEvents {
         let mut v = Vec::new();
@@ -58,7 +66,9 @@ impl Poller {
             &epoll,
             &eventfd,
             epoll::EventData::new_u64(NOTIFY),
-            epoll::EventFlags::IN,
+            // Edge-triggered: every write is a new edge, so a wake-up needs
+            // no read to re-arm it (the counter is reset only if it fills).
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
         )?;
         Ok(Poller {
             epoll,
@@ -71,6 +81,7 @@ impl Poller {
         self.epoll.as_fd()
     }
 
+    #[inline]
     fn ctl(
         &self,
         fd: Source<'_>,
@@ -90,6 +101,7 @@ impl Poller {
     }
 }
 
+#[inline]
 fn encode(key: usize, interest: Interest, mode: Mode) -> (u64, epoll::EventFlags) {
     use epoll::EventFlags as F;
     if interest.is_none() {
@@ -114,6 +126,7 @@ fn encode(key: usize, interest: Interest, mode: Mode) -> (u64, epoll::EventFlags
     (key as u64, flags)
 }
 
+#[inline]
 fn decode(flags: epoll::EventFlags) -> u8 {
     use epoll::EventFlags as F;
     let mut out = 0;
@@ -152,18 +165,22 @@ impl Driver for Poller {
         true
     }
 
+    #[inline]
     fn add(&self, fd: Source<'_>, key: usize, interest: Interest, mode: Mode) -> io::Result<()> {
         self.ctl(fd, key, interest, mode, true)
     }
 
+    #[inline]
     fn modify(&self, fd: Source<'_>, key: usize, interest: Interest, mode: Mode) -> io::Result<()> {
         self.ctl(fd, key, interest, mode, false)
     }
 
+    #[inline]
     fn delete(&self, fd: Source<'_>) -> io::Result<()> {
         Ok(epoll::delete(&self.epoll, fd)?)
     }
 
+    #[inline]
     fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<bool> {
         let room = events.remaining();
         let ts = timespec(timeout);
@@ -181,18 +198,25 @@ impl Driver for Poller {
             }
         }
         if notified {
-            // Drain first, then clear the flag: a notify racing with this
-            // either finds the flag set (and is folded into this wake-up) or
-            // finds it clear and writes again.
-            drain(self.eventfd.as_fd());
+            // No drain: the registration is edge-triggered. A notify racing
+            // with this either finds the flag set (and is folded into this
+            // wake-up) or finds it clear and writes again: a new edge.
             self.notified.store(false, Ordering::Release);
         }
         Ok(notified)
     }
 
+    #[inline]
     fn notify(&self) -> io::Result<()> {
         if !self.notified.swap(true, Ordering::AcqRel) {
-            if let Err(e) = rustix::io::write(&self.eventfd, &1u64.to_ne_bytes()) {
+            let one = 1u64.to_ne_bytes();
+            let mut result = rustix::io::write(&self.eventfd, &one);
+            if result == Err(rustix::io::Errno::AGAIN) {
+                // The counter is full (after 2^64 - 2 wake-ups): reset it.
+                drain(self.eventfd.as_fd());
+                result = rustix::io::write(&self.eventfd, &one);
+            }
+            if let Err(e) = result {
                 self.notified.store(false, Ordering::Release);
                 return Err(e.into());
             }

@@ -22,9 +22,13 @@
 //! - Modes: `Oneshot` reports a registration at most once until `modify`;
 //!   `Level` reports on every wait while the condition holds; `Edge` reports
 //!   once per new readiness. Interest `NONE` reports nothing at all.
-//! - Flags: readable, writable and priority are reported only when asked for;
-//!   read-closed, write-closed and error are reported with any event of a
-//!   registration whose interest is not `NONE`, and on their own.
+//! - Flags: readable, writable and priority are reported only when asked for.
+//!   Read-closed (the peer shut down its sending side) is part of read
+//!   readiness: reported when readable is asked for. A dead connection (reset,
+//!   failed connect, both directions closed) is reported to any registration
+//!   whose interest is not `NONE`: error and/or read-closed plus
+//!   write-closed, with readable/writable if asked for, as Linux does. The
+//!   table in `docs/ARCHITECTURE.md` gives every backend's mapping.
 //! - `delete` guarantees that no wait starting after it returns reports the
 //!   source. Memory lent to the kernel for a registration stays alive until
 //!   the kernel gives it back, whatever the user does (Windows drivers).
@@ -94,18 +98,23 @@ macro_rules! backends {
             fn supports_priority(&self) -> bool {
                 match self { $(Poller::$variant(p) => p.supports_priority(),)+ }
             }
+            #[inline]
             fn add(&self, s: Source<'_>, k: usize, i: Interest, m: Mode) -> io::Result<()> {
                 match self { $(Poller::$variant(p) => p.add(s, k, i, m),)+ }
             }
+            #[inline]
             fn modify(&self, s: Source<'_>, k: usize, i: Interest, m: Mode) -> io::Result<()> {
                 match self { $(Poller::$variant(p) => p.modify(s, k, i, m),)+ }
             }
+            #[inline]
             fn delete(&self, s: Source<'_>) -> io::Result<()> {
                 match self { $(Poller::$variant(p) => p.delete(s),)+ }
             }
+            #[inline]
             fn wait(&self, e: &mut Events, t: Option<Duration>) -> io::Result<bool> {
                 match self { $(Poller::$variant(p) => p.wait(e, t),)+ }
             }
+            #[inline]
             fn notify(&self) -> io::Result<()> {
                 match self { $(Poller::$variant(p) => p.notify(),)+ }
             }

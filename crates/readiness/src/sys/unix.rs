@@ -18,6 +18,7 @@ const MAX_WAIT: Duration = Duration::from_millis(i32::MAX as u64);
 
 /// A kernel timeout for `timeout`: `None` blocks forever, and anything longer
 /// than a C `int` of milliseconds is cut to that.
+#[inline]
 pub(crate) fn timespec(timeout: Option<Duration>) -> Option<Timespec> {
     timeout.map(|t| {
         let t = t.min(MAX_WAIT);
