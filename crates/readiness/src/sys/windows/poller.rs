@@ -8,10 +8,17 @@
 //!
 //! # Invariants
 //!
-//! - At most one poll is outstanding per registration (`Reg::pending`). A
-//!   change of interest cancels it; the completion of the cancelled poll
-//!   (cancelled, or completed first) re-submits with the new mask. A second
-//!   poll is never issued beside a pending one: AFD would complete only one.
+//! - Exactly one poll is outstanding per registration (`Reg::pending`), also
+//!   when it is disarmed (a oneshot that fired, or interest `NONE`): then it
+//!   polls for `AFD_POLL_LOCAL_CLOSE` alone, so that a socket closed without
+//!   `delete` is always noticed and its handle value can be registered again.
+//!   A change of mask cancels the outstanding poll; the completion of the
+//!   cancelled poll (cancelled, or completed first) re-submits with the new
+//!   mask. A second poll is never issued beside a pending one.
+//! - Except in one window: a `Level` registration that just reported is not
+//!   re-polled at once (the user has not read yet, so the poll would complete
+//!   at once and report stale readiness); it waits in `State::rearm` until
+//!   the next wait starts, as `epoll_wait` looks at readiness when called.
 //! - Every outstanding poll owns one strong reference to its [`Op`], made by
 //!   `Arc::into_raw` and passed as the request's context; it is taken back
 //!   with `Arc::from_raw` only when the completion packet is dequeued. So the
@@ -31,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use windows_sys::Win32::Foundation::{HANDLE, STATUS_PENDING};
+use windows_sys::Win32::Foundation::{ERROR_INVALID_HANDLE, HANDLE, STATUS_PENDING};
 use windows_sys::Win32::System::IO::{IO_STATUS_BLOCK, OVERLAPPED_ENTRY};
 
 use super::Source;
@@ -82,7 +89,7 @@ struct Reg {
     issue_on: usize,
     /// The AFD group (grouped target only).
     group: usize,
-    /// The mask of the outstanding poll, if one is.
+    /// The mask of the outstanding poll; `None` only after a failed submit.
     pending: Option<u32>,
     /// A cancel of the outstanding poll was requested.
     cancelling: bool,
@@ -105,6 +112,9 @@ struct State {
     groups: Vec<Group>,
     /// Polls issued whose completion has not been dequeued.
     in_flight: usize,
+    /// Level registrations that reported and are polled again when the next
+    /// wait starts.
+    rearm: Vec<RawSocket>,
     /// Direct target: base handles associated with our port.
     associated: HashSet<RawSocket>,
     /// Direct target: the contexts of outstanding polls. A user's socket is
@@ -117,6 +127,8 @@ pub(crate) struct IocpPoller {
     port: CompletionPort,
     state: Mutex<State>,
     notified: AtomicBool,
+    /// `state.rearm` is not empty: the next wait takes the lock to flush it.
+    rearm_pending: AtomicBool,
     target: Target,
 }
 
@@ -127,11 +139,21 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The AFD events to ask for.
+/// The AFD events to ask for: what `reg` wants now.
+fn wanted(reg: &Reg) -> u32 {
+    if reg.armed {
+        afd_mask(reg.interest, reg.connect_seen)
+    } else {
+        // Disarmed: only watch for the socket being closed.
+        afd::AFD_POLL_LOCAL_CLOSE
+    }
+}
+
+/// The AFD events for an interest.
 fn afd_mask(interest: Interest, connect_seen: bool) -> u32 {
     use afd::*;
     if interest.is_none() {
-        return 0;
+        return AFD_POLL_LOCAL_CLOSE;
     }
     // Errors and the local close are always asked for.
     let mut m = AFD_POLL_ABORT | AFD_POLL_CONNECT_FAIL | AFD_POLL_LOCAL_CLOSE;
@@ -190,6 +212,7 @@ impl IocpPoller {
             port: CompletionPort::new()?,
             state: Mutex::new(State::default()),
             notified: AtomicBool::new(false),
+            rearm_pending: AtomicBool::new(false),
             target,
         })
     }
@@ -234,9 +257,14 @@ impl IocpPoller {
     }
 
     /// Issues a poll for `reg` with its current interest.
-    fn submit(&self, st_in_flight: &mut usize, outstanding: &mut HashSet<usize>, reg: &mut Reg) -> io::Result<()> {
+    fn submit(
+        &self,
+        st_in_flight: &mut usize,
+        outstanding: &mut HashSet<usize>,
+        reg: &mut Reg,
+    ) -> io::Result<()> {
         debug_assert!(reg.pending.is_none());
-        let mask = afd_mask(reg.interest, reg.connect_seen);
+        let mask = wanted(reg);
         let info = AfdPollInfo::new(reg.base, mask, self.exclusive());
         // SAFETY: no poll is outstanding for this op (`pending` is None), so
         // the kernel does not touch the cell, and we hold the state lock.
@@ -246,7 +274,12 @@ impl IocpPoller {
         // reclaimed when the completion is dequeued (`wait`, `Drop`), or just
         // below if nothing will be queued, so `iosb` and `info` outlive it.
         let status = unsafe {
-            afd::poll(reg.issue_on as HANDLE, reg.op.info.get(), reg.op.iosb.get(), context.cast())
+            afd::poll(
+                reg.issue_on as HANDLE,
+                reg.op.info.get(),
+                reg.op.iosb.get(),
+                context.cast(),
+            )
         };
         if status == STATUS_PENDING || afd::nt_success(status) {
             reg.pending = Some(mask);
@@ -278,6 +311,72 @@ impl IocpPoller {
         }
     }
 
+    /// Whether `reg`'s socket was closed under its outstanding poll: the
+    /// kernel finished the poll with `AFD_POLL_LOCAL_CLOSE`, though the packet
+    /// may not have been processed yet.
+    fn closed_under_poll(reg: &Reg) -> bool {
+        if reg.pending.is_none() {
+            return false;
+        }
+        // SAFETY: the op is alive (we hold a reference) and its poll was
+        // issued by `submit`; the cells are only read.
+        let events = unsafe { afd::finished_events(reg.op.iosb.get(), reg.op.info.get()) };
+        events.is_some_and(|e| e & afd::AFD_POLL_LOCAL_CLOSE != 0)
+    }
+
+    /// Submits a poll for the registration of `socket`, if it has one and
+    /// none is outstanding.
+    fn resubmit(&self, st: &mut State, socket: RawSocket) -> io::Result<()> {
+        let State {
+            in_flight,
+            outstanding,
+            regs,
+            ..
+        } = st;
+        match regs.get_mut(&socket) {
+            Some(reg) if reg.pending.is_none() => self.submit(in_flight, outstanding, reg),
+            _ => Ok(()),
+        }
+    }
+
+    /// Polls again the level registrations that reported in earlier waits.
+    /// A registration deleted, modified or re-added since is skipped (it is
+    /// gone, or has a poll already).
+    fn flush_rearm(&self, list: &mut Vec<Event>, capacity: usize) {
+        if !self.rearm_pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let mut st = lock(&self.state);
+        let sockets = std::mem::take(&mut st.rearm);
+        for &socket in &sockets {
+            if let Err(e) = self.resubmit(&mut st, socket) {
+                if e.raw_os_error() == Some(ERROR_INVALID_HANDLE as i32) {
+                    self.remove(&mut st, socket); // closed meanwhile
+                } else if let Some(reg) = st.regs.get_mut(&socket)
+                    && reg.armed
+                    && list.len() < capacity
+                {
+                    reg.armed = false;
+                    list.push(Event::new(reg.key, flag::ERROR));
+                }
+            }
+        }
+        // Keep the allocation for next time.
+        st.rearm = sockets;
+        st.rearm.clear();
+    }
+
+    /// Forgets the registration of `socket` whose socket is gone. Its op is
+    /// freed when the last reference (an outstanding poll's) goes.
+    fn remove(&self, st: &mut State, socket: RawSocket) {
+        if let Some(reg) = st.regs.remove(&socket) {
+            Self::forget(st, &reg);
+            if let Target::Direct = self.target {
+                st.associated.remove(&reg.base);
+            }
+        }
+    }
+
     fn forget(st: &mut State, reg: &Reg) {
         if let Some(g) = st.groups.get_mut(reg.group) {
             g.sockets -= 1;
@@ -298,49 +397,53 @@ impl IocpPoller {
         // cells, and we hold the state lock.
         let (status, events) = unsafe {
             let status = afd::status_of(&*op.iosb.get());
-            let events = if afd::nt_success(status) { (*op.info.get()).events() } else { 0 };
+            let events = if afd::nt_success(status) {
+                (*op.info.get()).events()
+            } else {
+                0
+            };
             (status, events)
         };
         if events & afd::AFD_POLL_LOCAL_CLOSE != 0 {
             // The user closed the socket: drop it silently.
-            let reg = st.regs.remove(&socket)?;
-            Self::forget(st, &reg);
-            if let Target::Direct = self.target {
-                st.associated.remove(&reg.base);
-            }
+            self.remove(st, socket);
             return None;
         }
-        let mut event = None;
         if !afd::nt_success(status) && !afd::is_cancelled(status) {
-            // The poll itself failed: report an error once and disarm.
+            // The poll itself failed: report an error once; leave the
+            // registration without a poll until it is modified.
             tracing::debug!(status, "AFD poll failed");
-            if reg.armed {
-                event = Some(Event::new(reg.key, flag::ERROR));
+            let event = reg.armed.then(|| Event::new(reg.key, flag::ERROR));
+            reg.armed = false;
+            return event;
+        }
+        if events & afd::AFD_POLL_CONNECT != 0 {
+            reg.connect_seen = true;
+        }
+        let flags = decode(events, reg.interest);
+        let mut event = None;
+        if flags != 0 && reg.armed {
+            event = Some(Event::new(reg.key, flags));
+            if reg.mode.is_oneshot() {
                 reg.armed = false;
-            }
-        } else {
-            if events & afd::AFD_POLL_CONNECT != 0 {
-                reg.connect_seen = true;
-            }
-            let flags = decode(events, reg.interest);
-            if flags != 0 && reg.armed {
-                event = Some(Event::new(reg.key, flags));
-                if reg.mode.is_oneshot() {
-                    reg.armed = false;
-                }
+            } else {
+                // Level: poll again when the next wait starts.
+                st.rearm.push(socket);
+                self.rearm_pending.store(true, Ordering::Release);
+                return event;
             }
         }
-        if reg.armed {
-            let State {
-                in_flight,
-                outstanding,
-                regs,
-                ..
-            } = st;
-            let reg = regs.get_mut(&socket)?;
-            if let Err(e) = self.submit(in_flight, outstanding, reg) {
-                // The socket is unusable (closed while disarmed): report it.
-                tracing::debug!(error = %e, "re-arming an AFD poll failed");
+        // Always poll again: for the interest if armed (level mode reports
+        // again at once while the condition holds), else for a close.
+        if let Err(e) = self.resubmit(st, socket) {
+            tracing::debug!(error = %e, "re-submitting an AFD poll failed");
+            if e.raw_os_error() == Some(ERROR_INVALID_HANDLE as i32) {
+                // Closed between the completion and now: forget it.
+                self.remove(st, socket);
+                return event;
+            }
+            let reg = st.regs.get_mut(&socket)?;
+            if reg.armed && event.is_none() {
                 reg.armed = false;
                 return Some(Event::new(reg.key, flag::ERROR));
             }
@@ -368,11 +471,24 @@ impl Driver for IocpPoller {
         true
     }
 
-    fn add(&self, source: Source<'_>, key: usize, interest: Interest, mode: Mode) -> io::Result<()> {
+    fn add(
+        &self,
+        source: Source<'_>,
+        key: usize,
+        interest: Interest,
+        mode: Mode,
+    ) -> io::Result<()> {
         let socket = source.as_raw_socket();
         let mut st = lock(&self.state);
-        if st.regs.contains_key(&socket) {
-            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        if let Some(old) = st.regs.get(&socket) {
+            if !Self::closed_under_poll(old) {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            // The handle value was closed and reused before the LOCAL_CLOSE
+            // completion was processed: the old registration is dead. Its
+            // poll's packet still comes and is ignored (its op is not the
+            // registered one any more).
+            self.remove(&mut st, socket);
         }
         let base = afd::base_socket(socket)?;
         let (issue_on, group) = self.place(&mut st, base)?;
@@ -394,14 +510,12 @@ impl Driver for IocpPoller {
             armed: !interest.is_none(),
             connect_seen: false,
         };
-        if reg.armed {
-            let State {
-                in_flight,
-                outstanding,
-                ..
-            } = &mut *st;
-            self.submit(in_flight, outstanding, &mut reg)?;
-        }
+        let State {
+            in_flight,
+            outstanding,
+            ..
+        } = &mut *st;
+        self.submit(in_flight, outstanding, &mut reg)?;
         if let Some(g) = st.groups.get_mut(group) {
             g.sockets += 1;
         }
@@ -409,7 +523,13 @@ impl Driver for IocpPoller {
         Ok(())
     }
 
-    fn modify(&self, source: Source<'_>, key: usize, interest: Interest, mode: Mode) -> io::Result<()> {
+    fn modify(
+        &self,
+        source: Source<'_>,
+        key: usize,
+        interest: Interest,
+        mode: Mode,
+    ) -> io::Result<()> {
         let socket = source.as_raw_socket();
         let mut st = lock(&self.state);
         let State {
@@ -418,21 +538,20 @@ impl Driver for IocpPoller {
             outstanding,
             ..
         } = &mut *st;
-        let reg = regs.get_mut(&socket).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let reg = regs
+            .get_mut(&socket)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         reg.key = key;
         reg.interest = interest;
         reg.mode = mode;
         reg.armed = !interest.is_none();
         match reg.pending {
-            // The outstanding poll asks for something else (or nothing is
-            // wanted now): cancel it; its completion re-submits.
-            Some(mask) if !reg.armed || mask != afd_mask(interest, reg.connect_seen) => {
-                Self::cancel(reg);
-            }
+            // The outstanding poll asks for something else: cancel it; its
+            // completion re-submits with what is wanted then.
+            Some(mask) if mask != wanted(reg) => Self::cancel(reg),
             // The outstanding poll asks for just this: keep it.
             Some(_) => {}
-            None if reg.armed => self.submit(in_flight, outstanding, reg)?,
-            None => {}
+            None => self.submit(in_flight, outstanding, reg)?,
         }
         Ok(())
     }
@@ -453,11 +572,18 @@ impl Driver for IocpPoller {
 
     fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<bool> {
         let Events {
-            list, capacity, sys, ..
+            list,
+            capacity,
+            sys,
+            ..
         } = events;
+        self.flush_rearm(list, *capacity);
         // One completion yields at most one event: never dequeue more than
         // there is room for.
         let room = *capacity - list.len();
+        if room == 0 {
+            return Ok(false);
+        }
         let n = self.port.get_many(&mut sys.0[..room], timeout)?;
         if n == 0 {
             return Ok(false);
@@ -598,3 +724,6 @@ macro_rules! forward {
 }
 forward!(AfdPoller);
 forward!(DirectPoller);
+
+#[cfg(test)]
+mod tests;

@@ -125,6 +125,35 @@ pub(crate) fn status_of(iosb: &IO_STATUS_BLOCK) -> NTSTATUS {
     unsafe { iosb.Anonymous.Status }
 }
 
+/// The events of a poll that the kernel has finished but whose completion
+/// packet may not have been dequeued yet; `None` while it is still pending.
+/// This is `HasOverlappedIoCompleted`: the status leaves `STATUS_PENDING`
+/// only after the reply has been copied out.
+///
+/// # Safety
+///
+/// `iosb` and `info` must be the live status block and poll info of a poll
+/// issued with [`poll`]; they are only read, atomically for the status.
+pub(crate) unsafe fn finished_events(
+    iosb: *const IO_STATUS_BLOCK,
+    info: *const AfdPollInfo,
+) -> Option<u32> {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    // SAFETY: the status is an aligned i32 that the kernel may write
+    // concurrently: read it atomically. Acquire orders the read of the reply
+    // after it.
+    let status = unsafe { AtomicI32::from_ptr((&raw const (*iosb).Anonymous.Status).cast_mut()) }
+        .load(Ordering::Acquire);
+    if status == STATUS_PENDING {
+        return None;
+    }
+    if !nt_success(status) {
+        return Some(0);
+    }
+    // SAFETY: the request is finished: the kernel no longer writes `info`.
+    Some(unsafe { std::ptr::read_volatile(info) }.events())
+}
+
 /// Whether an NTSTATUS is a success (or informational) code.
 pub(crate) fn nt_success(status: NTSTATUS) -> bool {
     status >= 0
@@ -204,7 +233,14 @@ impl CompletionPort {
         // SAFETY: `entries` is a valid writable array of at least `count`
         // entries and `removed` a valid u32, both alive across the call.
         let ok = unsafe {
-            GetQueuedCompletionStatusEx(self.raw(), entries.as_mut_ptr(), count, &mut removed, ms, 0)
+            GetQueuedCompletionStatusEx(
+                self.raw(),
+                entries.as_mut_ptr(),
+                count,
+                &mut removed,
+                ms,
+                0,
+            )
         };
         if ok == 0 {
             let e = io::Error::last_os_error();

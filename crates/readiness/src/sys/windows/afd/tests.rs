@@ -32,7 +32,9 @@ fn fact(test: &str, holds: bool, detail: &str) {
     let listed = WINE_DIFFERENCES.iter().find(|(name, _)| *name == test);
     match (holds, listed, is_wine()) {
         (true, Some(_), true) => {
-            panic!("{test}: now holds under Wine; remove it from WINE_DIFFERENCES and docs/WINDOWS.md")
+            panic!(
+                "{test}: now holds under Wine; remove it from WINE_DIFFERENCES and docs/WINDOWS.md"
+            )
         }
         (true, _, _) => {}
         (false, Some((_, what)), true) => {
@@ -78,7 +80,10 @@ impl Rig {
 
     fn poll_on(&self, handle: HANDLE, socket: &impl AsRawSocket, events: u32) -> Poll {
         let base = base_socket(socket.as_raw_socket()).expect("base handle");
-        let mem = Box::into_raw(Box::new((status_block(), AfdPollInfo::new(base, events, false))));
+        let mem = Box::into_raw(Box::new((
+            status_block(),
+            AfdPollInfo::new(base, events, false),
+        )));
         // SAFETY: `mem` is only reclaimed after its completion is dequeued
         // (`complete`) or, when no packet can come, right here.
         let status = unsafe { poll(handle, &raw mut (*mem).1, &raw mut (*mem).0, mem.cast()) };
@@ -93,16 +98,26 @@ impl Rig {
     /// Waits up to `timeout` for `poll` to complete.
     fn complete(&self, poll: &Poll, timeout: Duration) -> Option<Done> {
         let mut entries = [OVERLAPPED_ENTRY::default(); 1];
-        let n = self.port.get_many(&mut entries, Some(timeout)).expect("dequeue");
+        let n = self
+            .port
+            .get_many(&mut entries, Some(timeout))
+            .expect("dequeue");
         if n == 0 {
             return None;
         }
-        assert_eq!(entries[0].lpOverlapped as usize, poll.mem as usize, "a different packet came");
+        assert_eq!(
+            entries[0].lpOverlapped as usize, poll.mem as usize,
+            "a different packet came"
+        );
         // SAFETY: its completion was dequeued: the kernel is done with it.
         let mem = unsafe { Box::from_raw(poll.mem) };
         Some(Done {
             status: status_of(&mem.0),
-            events: if nt_success(status_of(&mem.0)) { mem.1.events() } else { 0 },
+            events: if nt_success(status_of(&mem.0)) {
+                mem.1.events()
+            } else {
+                0
+            },
         })
     }
 
@@ -115,7 +130,10 @@ impl Rig {
     /// Whether anything at all arrives on the port within [`QUIET`].
     fn quiet(&self) -> bool {
         let mut entries = [OVERLAPPED_ENTRY::default(); 1];
-        self.port.get_many(&mut entries, Some(QUIET)).expect("dequeue") == 0
+        self.port
+            .get_many(&mut entries, Some(QUIET))
+            .expect("dequeue")
+            == 0
     }
 
     fn cancel(&self, poll: &Poll) -> bool {
@@ -172,7 +190,11 @@ fn names(events: u32) -> String {
         (AFD_POLL_ACCEPT, "ACCEPT"),
         (AFD_POLL_CONNECT_FAIL, "CONNECT_FAIL"),
     ];
-    let v: Vec<&str> = all.iter().filter(|(b, _)| events & b != 0).map(|(_, n)| *n).collect();
+    let v: Vec<&str> = all
+        .iter()
+        .filter(|(b, _)| events & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
     format!("{events:#x} [{}]", v.join("|"))
 }
 
@@ -240,11 +262,21 @@ fn arriving_data_gives_receive_until_drained() {
     let p = rig.poll(&s, AFD_POLL_RECEIVE);
     assert!(rig.quiet(), "RECEIVE reported before any data was sent");
     c.write_all(b"hello").unwrap();
-    let done = rig.complete(&p, PATIENCE).expect("no RECEIVE after data arrived");
+    let done = rig
+        .complete(&p, PATIENCE)
+        .expect("no RECEIVE after data arrived");
     std::mem::forget(p);
-    assert_eq!(done.events, AFD_POLL_RECEIVE, "events {}", names(done.events));
+    assert_eq!(
+        done.events,
+        AFD_POLL_RECEIVE,
+        "events {}",
+        names(done.events)
+    );
     // Still readable: level-triggered.
-    assert_eq!(rig.expect(rig.poll(&s, AFD_POLL_RECEIVE)).events, AFD_POLL_RECEIVE);
+    assert_eq!(
+        rig.expect(rig.poll(&s, AFD_POLL_RECEIVE)).events,
+        AFD_POLL_RECEIVE
+    );
     let mut buf = [0; 16];
     assert_eq!(s.read(&mut buf).unwrap(), 5);
     let p = rig.poll(&s, AFD_POLL_RECEIVE);
@@ -315,7 +347,9 @@ fn full_send_buffer_leaves_send_pending_until_the_peer_drains() {
     let (c, s) = pair();
     let (c, mut s) = (Socket::from(c), s);
     c.set_send_buffer_size(4096).unwrap();
-    socket2::SockRef::from(&s).set_recv_buffer_size(4096).unwrap();
+    socket2::SockRef::from(&s)
+        .set_recv_buffer_size(4096)
+        .unwrap();
     let chunk = [7u8; 4096];
     let mut sent = 0usize;
     loop {
@@ -343,7 +377,9 @@ fn full_send_buffer_leaves_send_pending_until_the_peer_drains() {
     }
     let done = match done {
         Some(d) => d,
-        None => rig.complete(&p, PATIENCE).expect("SEND never reported after draining"),
+        None => rig
+            .complete(&p, PATIENCE)
+            .expect("SEND never reported after draining"),
     };
     std::mem::forget(p);
     assert_eq!(done.events, AFD_POLL_SEND, "events {}", names(done.events));
@@ -377,7 +413,12 @@ fn listener_reports_accept() {
     let _c = TcpStream::connect(addr).unwrap();
     let done = rig.complete(&p, PATIENCE).expect("no ACCEPT");
     std::mem::forget(p);
-    assert_eq!(done.events, AFD_POLL_ACCEPT, "events {}", names(done.events));
+    assert_eq!(
+        done.events,
+        AFD_POLL_ACCEPT,
+        "events {}",
+        names(done.events)
+    );
 }
 
 #[test]
@@ -430,9 +471,16 @@ fn udp_is_send_ready_once_bound_and_receive_ready_on_a_datagram() {
     let p = rig.poll(&a, AFD_POLL_RECEIVE);
     assert!(rig.quiet(), "RECEIVE with no datagram");
     b.send_to(b"x", a.local_addr().unwrap()).unwrap();
-    let done = rig.complete(&p, PATIENCE).expect("no RECEIVE for a datagram");
+    let done = rig
+        .complete(&p, PATIENCE)
+        .expect("no RECEIVE for a datagram");
     std::mem::forget(p);
-    assert_eq!(done.events, AFD_POLL_RECEIVE, "events {}", names(done.events));
+    assert_eq!(
+        done.events,
+        AFD_POLL_RECEIVE,
+        "events {}",
+        names(done.events)
+    );
 }
 
 #[test]
@@ -448,9 +496,16 @@ fn direct_poll_on_the_base_handle_completes_through_its_port() {
     let p = rig.poll_on(base as HANDLE, &s, AFD_POLL_RECEIVE);
     assert!(rig.quiet());
     c.write_all(b"x").unwrap();
-    let done = rig.complete(&p, PATIENCE).expect("no completion on the base handle");
+    let done = rig
+        .complete(&p, PATIENCE)
+        .expect("no completion on the base handle");
     std::mem::forget(p);
-    assert_eq!(done.events, AFD_POLL_RECEIVE, "events {}", names(done.events));
+    assert_eq!(
+        done.events,
+        AFD_POLL_RECEIVE,
+        "events {}",
+        names(done.events)
+    );
     // A socket has one port for life.
     let other = CompletionPort::new().unwrap();
     let e = other.associate(base as HANDLE, 0).unwrap_err();
