@@ -618,11 +618,11 @@ impl Driver for IocpPoller {
     }
 
     fn notify(&self) -> io::Result<()> {
-        if !self.notified.swap(true, Ordering::AcqRel) {
-            if let Err(e) = self.port.post(NOTIFY_KEY) {
-                self.notified.store(false, Ordering::Release);
-                return Err(e);
-            }
+        if !self.notified.swap(true, Ordering::AcqRel)
+            && let Err(e) = self.port.post(NOTIFY_KEY)
+        {
+            self.notified.store(false, Ordering::Release);
+            return Err(e);
         }
         Ok(())
     }
@@ -640,10 +640,10 @@ impl Drop for IocpPoller {
         let mut entries = vec![OVERLAPPED_ENTRY::default(); 64];
         while st.in_flight > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
-            let n = match self.port.get_many(&mut entries, Some(left)) {
-                Ok(n) => n,
-                Err(_) => 0,
-            };
+            let n = self
+                .port
+                .get_many(&mut entries, Some(left))
+                .unwrap_or_default();
             if n == 0 && Instant::now() >= deadline {
                 // Never free memory the kernel may still write: leak it.
                 tracing::warn!(

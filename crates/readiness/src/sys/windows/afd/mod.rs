@@ -185,9 +185,8 @@ impl CompletionPort {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `h` is a fresh handle that nothing else owns.
-        Ok(CompletionPort {
-            handle: unsafe { OwnedHandle::from_raw_handle(h as RawHandle) },
-        })
+        let handle = unsafe { OwnedHandle::from_raw_handle(h as RawHandle) };
+        Ok(CompletionPort { handle })
     }
 
     pub(crate) fn raw(&self) -> HANDLE {
@@ -300,9 +299,8 @@ impl Afd {
             return Err(nt_error(status));
         }
         // SAFETY: a fresh handle that nothing else owns.
-        Ok(Afd {
-            handle: unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) },
-        })
+        let handle = unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) };
+        Ok(Afd { handle })
     }
 
     pub(crate) fn raw(&self) -> HANDLE {

@@ -50,8 +50,9 @@ struct Rig {
     afd: Afd,
 }
 
-/// The memory of one poll. Reclaimed only when its completion is dequeued:
-/// dropping a `Poll` otherwise leaks it, which is always safe.
+/// The memory of one poll. Reclaimed only when its completion is dequeued
+/// (`Rig::complete`): a `Poll` is a raw pointer, so dropping it otherwise
+/// leaks the memory, which is always safe.
 struct Poll {
     mem: *mut (IO_STATUS_BLOCK, AfdPollInfo),
     /// The immediate status `NtDeviceIoControlFile` returned.
@@ -123,7 +124,6 @@ impl Rig {
 
     fn expect(&self, poll: Poll) -> Done {
         let done = self.complete(&poll, PATIENCE);
-        std::mem::forget(poll);
         done.expect("the poll did not complete")
     }
 
@@ -265,7 +265,6 @@ fn arriving_data_gives_receive_until_drained() {
     let done = rig
         .complete(&p, PATIENCE)
         .expect("no RECEIVE after data arrived");
-    std::mem::forget(p);
     assert_eq!(
         done.events,
         AFD_POLL_RECEIVE,
@@ -381,7 +380,6 @@ fn full_send_buffer_leaves_send_pending_until_the_peer_drains() {
             .complete(&p, PATIENCE)
             .expect("SEND never reported after draining"),
     };
-    std::mem::forget(p);
     assert_eq!(done.events, AFD_POLL_SEND, "events {}", names(done.events));
 }
 
@@ -393,7 +391,6 @@ fn local_close_completes_a_pending_poll_with_local_close() {
     assert!(rig.quiet());
     drop(s);
     let done = rig.complete(&p, PATIENCE);
-    std::mem::forget(p);
     let detail = format!("{done:?}");
     let events = done.map_or(0, |d| d.events);
     fact(
@@ -412,7 +409,6 @@ fn listener_reports_accept() {
     assert!(rig.quiet(), "ACCEPT reported with no connection");
     let _c = TcpStream::connect(addr).unwrap();
     let done = rig.complete(&p, PATIENCE).expect("no ACCEPT");
-    std::mem::forget(p);
     assert_eq!(
         done.events,
         AFD_POLL_ACCEPT,
@@ -451,9 +447,8 @@ fn skip_completion_port_on_success_returns_synchronously() {
         // kernel is done with the memory.
         let mem = unsafe { Box::from_raw(p.mem) };
         assert_eq!(mem.1.events(), AFD_POLL_SEND);
-    } else {
-        std::mem::forget(p);
     }
+    // Otherwise the memory is left to the kernel (leaked), never freed early.
     fact(
         "skip_completion_port_on_success_returns_synchronously",
         sync && quiet,
@@ -474,7 +469,6 @@ fn udp_is_send_ready_once_bound_and_receive_ready_on_a_datagram() {
     let done = rig
         .complete(&p, PATIENCE)
         .expect("no RECEIVE for a datagram");
-    std::mem::forget(p);
     assert_eq!(
         done.events,
         AFD_POLL_RECEIVE,
@@ -499,7 +493,6 @@ fn direct_poll_on_the_base_handle_completes_through_its_port() {
     let done = rig
         .complete(&p, PATIENCE)
         .expect("no completion on the base handle");
-    std::mem::forget(p);
     assert_eq!(
         done.events,
         AFD_POLL_RECEIVE,
