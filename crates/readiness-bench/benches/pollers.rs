@@ -539,7 +539,7 @@ impl Wake for Arc<mio::Waker> {
 }
 
 /// One side of a ping-pong: something that builds the waiter on the thread
-/// that uses it (`readiness::Events` is not `Send`), and its waker.
+/// that uses it (so no event buffer has to be `Send`), and its waker.
 type Side<W, K> = (Box<dyn FnOnce() -> W + Send>, K);
 
 /// Thread A waits in `a` and, once woken, wakes B through `b_wake`; the
