@@ -14,11 +14,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 failed=()
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 run() {
     local name=$1
     shift
     printf '\n==== %s\n' "$name"
-    if ! "$@"; then
+    if ! "$@" 2>&1 | tee -a "$log"; then
         failed+=("$name")
     fi
 }
@@ -29,9 +31,15 @@ run "linux: poll(2) (forced by cfg)" env RUSTFLAGS="--cfg readiness_test_poll_ba
 run "windows under wine: afd and afd-direct" env \
     WINE_TEST_PACKAGES="${WINE_TEST_PACKAGES:-readiness}" scripts/test-windows.sh
 
+# One total over every libtest result line of every pass (the Windows pass
+# prints its binaries' own lines too).
+read -r total_passed total_failed < <(
+    sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$log" |
+        awk '{p += $1; f += $2} END {print p + 0, f + 0}'
+)
 printf '\n'
 if ((${#failed[@]})); then
     printf 'FAILED: %s\n' "${failed[@]}"
-    exit 1
 fi
-echo "all test passes succeeded"
+echo "total: $total_passed passed, $total_failed failed"
+((${#failed[@]} == 0))

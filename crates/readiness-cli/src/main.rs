@@ -36,6 +36,10 @@ fn main() {
 
 fn probe() -> io::Result<()> {
     println!("os: {} ({})", std::env::consts::OS, std::env::consts::ARCH);
+    #[cfg(windows)]
+    if readiness::os::windows::running_under_wine() {
+        println!("running under Wine: its \\Device\\Afd is a reimplementation (docs/WINDOWS.md)");
+    }
     println!("default backend: {}", Backend::default_for_os());
     let mut failures = 0;
     for &backend in Backend::available() {
