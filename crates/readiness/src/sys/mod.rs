@@ -167,7 +167,7 @@ cfg_if::cfg_if! {
     } else if #[cfg(windows)] {
         pub(crate) mod windows;
         pub(crate) use windows::{Source, source, RawEvents};
-        backends!(Afd(windows::AfdPoller), AfdDirect(windows::DirectPoller));
+        backends!(Afd(windows::IocpPoller), AfdDirect(windows::IocpPoller));
 
         pub(crate) fn default_backend() -> Backend {
             Backend::Afd

@@ -11,7 +11,7 @@ use std::os::windows::io::BorrowedSocket;
 
 use windows_sys::Win32::System::IO::OVERLAPPED_ENTRY;
 
-pub(crate) use poller::{AfdPoller, DirectPoller};
+pub(crate) use poller::IocpPoller;
 
 /// A registered source, as the Windows backends see it.
 pub(crate) type Source<'a> = BorrowedSocket<'a>;

@@ -207,7 +207,7 @@ fn decode(events: u32, interest: Interest) -> u8 {
 }
 
 impl IocpPoller {
-    fn new(target: Target) -> io::Result<IocpPoller> {
+    fn with_target(target: Target) -> io::Result<IocpPoller> {
         Ok(IocpPoller {
             port: CompletionPort::new()?,
             state: Mutex::new(State::default()),
@@ -322,6 +322,24 @@ impl IocpPoller {
         // issued by `submit`; the cells are only read.
         let events = unsafe { afd::finished_events(reg.op.iosb.get(), reg.op.info.get()) };
         events.is_some_and(|e| e & afd::AFD_POLL_LOCAL_CLOSE != 0)
+    }
+
+    /// The reference to its op that a dequeued poll completion carries, or
+    /// `None` for a packet that is not one of our polls (a direct socket's
+    /// own overlapped I/O). Call once per dequeued packet with a non-null
+    /// overlapped pointer; the in-flight count is the caller's to adjust.
+    fn take_back(direct: bool, st: &mut State, entry: &OVERLAPPED_ENTRY) -> Option<Arc<Op>> {
+        let context = entry.lpOverlapped as usize;
+        if direct && !st.outstanding.remove(&context) {
+            return None;
+        }
+        // SAFETY: every packet with an overlapped pointer on this port is the
+        // completion of a poll we issued (the grouped target's AFD handles are
+        // ours alone; for the direct target the pointer was just found in
+        // `outstanding`), whose context is an `Arc<Op>` reference made by
+        // `Arc::into_raw` in `submit`. Each packet is dequeued once, so the
+        // reference is taken back once.
+        Some(unsafe { Arc::from_raw(context as *const Op) })
     }
 
     /// Submits a poll for the registration of `socket`, if it has one and
@@ -598,18 +616,10 @@ impl Driver for IocpPoller {
                 }
                 continue;
             }
-            let context = entry.lpOverlapped as usize;
-            if self.exclusive() && !st.outstanding.remove(&context) {
+            let Some(op) = Self::take_back(self.exclusive(), &mut st, entry) else {
                 tracing::warn!("ignored a completion that is not an AFD poll of this poller");
                 continue;
-            }
-            // SAFETY: every packet with an overlapped pointer on this port is
-            // the completion of a poll we issued (the grouped target's AFD
-            // handles are ours alone; the direct target checked the pointer
-            // against `outstanding` above), whose context is an `Arc<Op>`
-            // reference made by `Arc::into_raw` in `submit`. Each packet is
-            // dequeued once, so the reference is taken back once.
-            let op = unsafe { Arc::from_raw(context as *const Op) };
+            };
             if let Some(event) = self.complete(&mut st, op) {
                 list.push(event);
             }
@@ -630,6 +640,7 @@ impl Driver for IocpPoller {
 
 impl Drop for IocpPoller {
     fn drop(&mut self) {
+        let direct = self.exclusive();
         let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         for reg in st.regs.values_mut() {
             Self::cancel(reg);
@@ -656,13 +667,9 @@ impl Drop for IocpPoller {
                 if entry.lpOverlapped.is_null() {
                     continue;
                 }
-                let context = entry.lpOverlapped as usize;
-                if matches!(self.target, Target::Direct) && !st.outstanding.remove(&context) {
-                    continue;
+                if Self::take_back(direct, st, entry).is_some() {
+                    st.in_flight -= 1; // and the op reference is dropped here
                 }
-                // SAFETY: as in `wait`: our poll's context, taken back once.
-                drop(unsafe { Arc::from_raw(context as *const Op) });
-                st.in_flight -= 1;
             }
         }
         // `state` (and the ops it holds), the AFD handles and the port are
@@ -670,60 +677,18 @@ impl Drop for IocpPoller {
     }
 }
 
-/// `Backend::Afd`: polls on pooled `\Device\Afd` handles.
-pub(crate) struct AfdPoller(IocpPoller);
-/// `Backend::AfdDirect`: polls on each socket's base handle.
-pub(crate) struct DirectPoller(IocpPoller);
-
-impl AfdPoller {
-    pub(crate) fn new(options: &Builder) -> io::Result<AfdPoller> {
-        Ok(AfdPoller(IocpPoller::new(Target::Grouped {
-            group_size: options.afd_group_size,
-        })?))
+impl IocpPoller {
+    /// The `Afd` or `AfdDirect` backend, as `options.backend` says.
+    pub(crate) fn new(options: &Builder) -> io::Result<IocpPoller> {
+        let target = match options.backend {
+            Backend::AfdDirect => Target::Direct,
+            _ => Target::Grouped {
+                group_size: options.afd_group_size,
+            },
+        };
+        IocpPoller::with_target(target)
     }
 }
-
-impl DirectPoller {
-    pub(crate) fn new(_: &Builder) -> io::Result<DirectPoller> {
-        Ok(DirectPoller(IocpPoller::new(Target::Direct)?))
-    }
-}
-
-macro_rules! forward {
-    ($t:ty) => {
-        impl Driver for $t {
-            fn backend(&self) -> Backend {
-                self.0.backend()
-            }
-            fn supports_level(&self) -> bool {
-                self.0.supports_level()
-            }
-            fn supports_edge(&self) -> bool {
-                self.0.supports_edge()
-            }
-            fn supports_priority(&self) -> bool {
-                self.0.supports_priority()
-            }
-            fn add(&self, s: Source<'_>, k: usize, i: Interest, m: Mode) -> io::Result<()> {
-                self.0.add(s, k, i, m)
-            }
-            fn modify(&self, s: Source<'_>, k: usize, i: Interest, m: Mode) -> io::Result<()> {
-                self.0.modify(s, k, i, m)
-            }
-            fn delete(&self, s: Source<'_>) -> io::Result<()> {
-                self.0.delete(s)
-            }
-            fn wait(&self, e: &mut Events, t: Option<Duration>) -> io::Result<bool> {
-                self.0.wait(e, t)
-            }
-            fn notify(&self) -> io::Result<()> {
-                self.0.notify()
-            }
-        }
-    };
-}
-forward!(AfdPoller);
-forward!(DirectPoller);
 
 #[cfg(test)]
 mod tests;
