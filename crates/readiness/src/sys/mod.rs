@@ -169,6 +169,14 @@ cfg_if::cfg_if! {
         pub(crate) use windows::{Source, source, RawEvents};
         backends!(Afd(windows::IocpPoller), AfdDirect(windows::IocpPoller));
 
+        impl Poller {
+            pub(crate) fn skips_port_on_success(&self) -> bool {
+                match self {
+                    Poller::Afd(p) | Poller::AfdDirect(p) => p.skips_port_on_success(),
+                }
+            }
+        }
+
         pub(crate) fn default_backend() -> Backend {
             Backend::Afd
         }

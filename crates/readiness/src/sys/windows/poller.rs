@@ -4,73 +4,171 @@
 //!   handles that the poller opens, each shared by up to `group_size`
 //!   sockets and associated with the poller's completion port.
 //! - [`Target::Direct`] (`Backend::AfdDirect`): each socket's base handle is
-//!   associated with the completion port and polls are issued on it.
+//!   associated with the completion port and polls are issued on it, with
+//!   `Exclusive` set.
+//!
+//! # The state of one socket
+//!
+//! A registered socket is a [`Slot`], keyed by the user's handle value. Its
+//! poll is in exactly one phase ([`Phase`]):
+//!
+//! - `Idle`: no poll of this slot is in the kernel.
+//! - `Pending { mask, verified }`: the slot's [`Op`] is in the kernel,
+//!   polling for `mask`.
+//! - `Cancelling { verified, previous }`: it is in the kernel and a cancel
+//!   was asked for; when its completion is dequeued, what is wanted then is
+//!   submitted. `previous`: the slot was taken over by a new registration
+//!   meanwhile, so the completion (even a close) is about the old socket.
+//!
+//! `verified` says the poll was issued during a user call (`add`, `modify`,
+//! `delete`) that borrowed the live socket. While such a poll is still in the
+//! kernel, the socket cannot have been closed: AFD completes a pending poll
+//! with `AFD_POLL_LOCAL_CLOSE` when its socket is closed. Polls issued by the
+//! poller on its own (re-arming a level registration, parking a fired oneshot,
+//! re-submitting after a cancel) carry no such proof: the handle value may
+//! have been closed and reused since the poller last heard of it.
+//!
+//! The registration itself ([`Reg`]) is `Armed`, `Fired` (a oneshot that
+//! reported) or `Broken` (a poll failed; an error was reported); interest
+//! `NONE` only watches for the close. A slot without a registration is a
+//! deleted socket whose poll is still in the kernel (grouped: it is dropped
+//! when that poll comes back; direct: a tombstone, see below).
 //!
 //! # Invariants
 //!
-//! - Exactly one poll is outstanding per registration (`Reg::pending`), also
-//!   when it is disarmed (a oneshot that fired, or interest `NONE`): then it
-//!   polls for `AFD_POLL_LOCAL_CLOSE` alone, so that a socket closed without
-//!   `delete` is always noticed and its handle value can be registered again.
-//!   A change of mask cancels the outstanding poll; the completion of the
-//!   cancelled poll (cancelled, or completed first) re-submits with the new
-//!   mask. A second poll is never issued beside a pending one.
-//! - Except in one window: a `Level` registration that just reported is not
-//!   re-polled at once (the user has not read yet, so the poll would complete
-//!   at once and report stale readiness); it waits in `State::rearm` until
-//!   the next wait starts, as `epoll_wait` looks at readiness when called.
-//! - Every outstanding poll owns one strong reference to its [`Op`], made by
+//! - **At most one poll per socket is in the kernel, ever.** AFD confuses two
+//!   polls on one socket (a poll completes with another's events, or one is
+//!   never completed). So a grouped slot changes its mask by cancelling and
+//!   submitting the new mask only when the cancelled poll's completion has
+//!   been dequeued; a deleted socket keeps its slot until then, and a re-add
+//!   of the same handle value waits on that slot. The direct target instead
+//!   uses exclusive polls: a new exclusive poll completes the previous one on
+//!   the same socket at once, so it replaces it without a cancel.
+//! - **Memory lent to the kernel outlives the kernel's use of it.** Every
+//!   poll in the kernel owns one strong reference to its [`Op`], made by
 //!   `Arc::into_raw` and passed as the request's context; it is taken back
-//!   with `Arc::from_raw` only when the completion packet is dequeued. So the
-//!   status block and poll info stay alive until the kernel is done with
-//!   them, whatever the user does (delete, close the socket, drop the poller).
-//! - The kernel writes an `Op`'s cells only while its poll is outstanding; the
-//!   poller writes them only while none is, and holds `state` when it does.
-//!   Dequeuing the completion orders the kernel's writes before our reads.
-//! - Dropping the poller cancels every outstanding poll and drains the port
-//!   until each has come back (see `Drop`).
+//!   with `Arc::from_raw` only when the completion packet is dequeued (or at
+//!   once when the request queues no packet). The kernel writes an op's cells
+//!   only while its poll is in the kernel; the poller writes them only while
+//!   none is, under the state lock.
+//! - **A completion counts only if it is the slot's current poll** (same
+//!   `Op`, phase not `Idle`). Completions of replaced, cancelled or
+//!   superseded polls are dropped, so a re-armed oneshot never reports a
+//!   completion from before the `modify`.
+//! - **Direct: every poll the poller issues on its own is a hazard**: if the
+//!   handle value was reused by a socket associated with another completion
+//!   port, the completion (with our pointer) would go there. So the direct
+//!   target issues polls only in user calls, never re-arms level registrations
+//!   (it does not offer `Level`) and never parks fired oneshots. A deleted
+//!   direct socket keeps a tombstone: a `LOCAL_CLOSE` poll issued in
+//!   `delete`, so the poller learns when the socket dies and can tell whether
+//!   a later `add` of the same value is its own socket (still associated with
+//!   its port) or another one.
+//!
+//! # Cost of the common paths
+//!
+//! - Oneshot: the event's completion leaves the slot `Idle`; the `modify`
+//!   that re-arms it (usually before the next wait) issues one poll. A slot
+//!   still `Fired` when the next wait starts is parked (grouped only): a
+//!   `LOCAL_CLOSE`-only poll, so a close without `delete` is noticed.
+//! - Level (grouped only): the slot is polled again when the next wait starts
+//!   (the user has handled the event by then), or at once if another thread is
+//!   blocked in a wait and would otherwise miss a still-ready socket.
+//! - A poll that the kernel satisfies at once on a handle that skips the port
+//!   on success is handled inline, without a trip through the port.
+//! - A wait that handled completions which issued polls looks at the port
+//!   again without blocking, so a socket that is ready at once is reported in
+//!   the same wait (also with a small `Events` buffer, where cancellations
+//!   would otherwise take the room).
 
 use std::cell::UnsafeCell;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::windows::io::{AsRawSocket, RawSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use windows_sys::Win32::Foundation::{ERROR_INVALID_HANDLE, HANDLE, STATUS_PENDING};
+#[cfg(test)]
+use windows_sys::Win32::Foundation::STATUS_PENDING;
+use windows_sys::Win32::Foundation::{ERROR_INVALID_HANDLE, HANDLE, NTSTATUS};
 use windows_sys::Win32::System::IO::{IO_STATUS_BLOCK, OVERLAPPED_ENTRY};
 
 use super::Source;
-use super::afd::{self, Afd, AfdPollInfo, CompletionPort};
+use super::afd::{self, Afd, AfdPollInfo, CompletionPort, Submitted};
 use crate::event::flag;
 use crate::sys::Driver;
 use crate::{Backend, Builder, Event, Events, Interest, Mode};
 
 /// Completion key of the wake-up packet posted by `notify`.
 const NOTIFY_KEY: usize = usize::MAX;
+/// Completion key of the packet that wakes a blocked wait to collect events
+/// that a user call produced (see `State::stash`).
+const WAKE_KEY: usize = usize::MAX - 1;
 /// How long `Drop` waits for cancelled polls to come back before it gives up
 /// and leaks their memory (never frees it early).
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// Entries dequeued per call when draining outside a wait.
+const DRAIN_BATCH: usize = 32;
+/// Non-blocking looks at the port after a batch, at most, in one wait.
+const FOLLOW_UPS: usize = 8;
+/// The mask of a parked poll: only the close of the socket.
+const PARK: u32 = afd::AFD_POLL_LOCAL_CLOSE;
 
 /// The memory a poll lends the kernel.
 #[repr(C)]
 struct Op {
     iosb: UnsafeCell<IO_STATUS_BLOCK>,
     info: UnsafeCell<AfdPollInfo>,
-    /// The registered socket (the user's handle), to find the registration.
+    /// The registered socket (the user's handle value): the slot's key.
     socket: RawSocket,
 }
 
 // SAFETY: the cells are shared with the kernel under the protocol in the
-// module documentation: written by the kernel only while the poll is
-// outstanding, by the poller only while it is not and under `state`'s lock,
-// and read only after the completion was dequeued, under that lock. The
-// raw handle inside `info` is an integer to us.
+// module documentation: written by the kernel only while the poll is in the
+// kernel, by the poller only while it is not and under the state lock, and
+// read only after the completion was dequeued (or the request finished
+// inline), under that lock. The raw handle inside `info` is an integer to us.
 unsafe impl Send for Op {}
 // SAFETY: as above; no access happens through a shared reference outside
 // that protocol.
 unsafe impl Sync for Op {}
+
+impl Op {
+    fn new(socket: RawSocket, base: RawSocket) -> Arc<Op> {
+        #[cfg(test)]
+        canary::LIVE.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Op {
+            iosb: UnsafeCell::new(afd::status_block()),
+            info: UnsafeCell::new(AfdPollInfo::new(base, 0, false)),
+            socket,
+        })
+    }
+}
+
+/// Test canary: an op freed while its status block still says
+/// `STATUS_PENDING` would be memory the kernel may still write.
+#[cfg(test)]
+pub(crate) mod canary {
+    use std::sync::atomic::{AtomicIsize, AtomicUsize};
+    /// Ops alive now.
+    pub(crate) static LIVE: AtomicIsize = AtomicIsize::new(0);
+    /// Ops freed while the kernel might still have used them.
+    pub(crate) static FREED_PENDING: AtomicUsize = AtomicUsize::new(0);
+}
+
+#[cfg(test)]
+impl Drop for Op {
+    fn drop(&mut self) {
+        canary::LIVE.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: the last reference is going, so no request of ours holds
+        // this op; a status still pending means one did.
+        let status = afd::status_of(unsafe { &*self.iosb.get() });
+        if status == STATUS_PENDING {
+            canary::FREED_PENDING.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Where a registration's polls are issued.
 enum Target {
@@ -78,82 +176,167 @@ enum Target {
     Direct,
 }
 
+/// What a slot's poll is doing. See the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Pending {
+        mask: u32,
+        verified: bool,
+    },
+    /// `previous`: the slot was taken over by a new registration (of a
+    /// socket that may be another one on the same handle value) after this
+    /// poll was issued; its completion says nothing about the new socket.
+    Cancelling {
+        verified: bool,
+        previous: bool,
+    },
+}
+
+impl Phase {
+    fn in_kernel(self) -> bool {
+        !matches!(self, Phase::Idle)
+    }
+    fn verified(self) -> bool {
+        match self {
+            Phase::Idle => false,
+            Phase::Pending { verified, .. } => verified,
+            // A poll about a previous socket vouches for nothing now.
+            Phase::Cancelling { verified, previous } => verified && !previous,
+        }
+    }
+}
+
+/// Where a registration stands with respect to reporting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arm {
+    /// Reports when its interest is ready.
+    Armed,
+    /// A oneshot that reported; nothing until `modify`.
+    Fired,
+    /// A poll failed and the error was reported; nothing until `modify`.
+    Broken,
+}
+
 struct Reg {
-    op: Arc<Op>,
     key: usize,
     interest: Interest,
     mode: Mode,
+    arm: Arm,
+}
+
+struct Slot {
+    /// `None`: deleted, kept while its poll is in the kernel (grouped) or as
+    /// a tombstone (direct).
+    reg: Option<Reg>,
+    phase: Phase,
+    /// The op of the current poll, or of the next one.
+    op: Arc<Op>,
     /// The base handle AFD knows the socket by.
     base: RawSocket,
-    /// The handle polls are issued on (AFD group handle, or `base`).
+    /// The handle polls are issued on (an AFD group handle, or `base`).
     issue_on: usize,
     /// The AFD group (grouped target only).
     group: usize,
-    /// The mask of the outstanding poll; `None` only after a failed submit.
-    pending: Option<u32>,
-    /// A cancel of the outstanding poll was requested.
-    cancelling: bool,
-    /// The registration wants a poll: interest is not `NONE` and it is not a
-    /// oneshot that already fired.
-    armed: bool,
-    /// `AFD_POLL_CONNECT` was reported once; it stays set for the life of
-    /// the connection, so it is no longer asked for.
-    connect_seen: bool,
+    /// A poll satisfied at once on `issue_on` queues no packet.
+    skip: bool,
+    /// In `State::updates`.
+    queued: bool,
+    /// The wait that last reported this slot: a level re-arm is not issued
+    /// by that same wait (it would report the socket twice).
+    reported_in: u64,
 }
 
 struct Group {
     afd: Afd,
     sockets: usize,
+    skip: bool,
+}
+
+/// The books on polls in the kernel.
+#[derive(Default)]
+struct Books {
+    /// Polls in the kernel whose completion packet will come and has not
+    /// been dequeued.
+    in_flight: usize,
+    /// Direct target: the contexts of those polls. A user's socket is
+    /// associated with our port, so a packet of the user's own overlapped I/O
+    /// on it could arrive here; only pointers in this set are ours.
+    outstanding: HashSet<usize>,
 }
 
 #[derive(Default)]
 struct State {
-    regs: HashMap<RawSocket, Reg>,
+    slots: HashMap<RawSocket, Slot>,
     groups: Vec<Group>,
-    /// Polls issued whose completion has not been dequeued.
-    in_flight: usize,
-    /// Level registrations that reported and are polled again when the next
-    /// wait starts.
-    rearm: Vec<RawSocket>,
-    /// Direct target: base handles associated with our port.
-    associated: HashSet<RawSocket>,
-    /// Direct target: the contexts of outstanding polls. A user's socket is
-    /// associated with our port, so a packet of the user's own overlapped I/O
-    /// on it could arrive here; only pointers in this set are ours.
-    outstanding: HashSet<usize>,
+    books: Books,
+    /// Slots the next wait polls on the poller's behalf (level re-arms,
+    /// parks of fired oneshots).
+    updates: Vec<RawSocket>,
+    /// Events produced outside a wait (a drain in `add`, a poll satisfied
+    /// inline in `add` or `modify`), or beyond a wait's room: the next wait
+    /// returns them first. Kept with their socket, so that `modify` and
+    /// `delete` can withdraw them.
+    stash: Vec<(RawSocket, Event)>,
+}
+
+/// Operation counts, to test and measure what the paths cost.
+#[derive(Default)]
+struct Counters {
+    polls: AtomicU64,
+    cancels: AtomicU64,
+    dequeued: AtomicU64,
+    inline: AtomicU64,
+    drains: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) polls: u64,
+    pub(crate) cancels: u64,
+    pub(crate) dequeued: u64,
+    pub(crate) inline: u64,
+    pub(crate) drains: u64,
 }
 
 pub(crate) struct IocpPoller {
     port: CompletionPort,
     state: Mutex<State>,
     notified: AtomicBool,
-    /// `state.rearm` is not empty: the next wait takes the lock to flush it.
-    rearm_pending: AtomicBool,
+    /// `state.updates` or `state.stash` is not empty: the next wait takes the
+    /// lock before it blocks.
+    pending: AtomicBool,
+    /// Threads inside `GetQueuedCompletionStatusEx` right now.
+    blocked: AtomicUsize,
+    /// Numbers the waits (from 1), see `Slot::reported_in`.
+    waits: AtomicU64,
     target: Target,
+    /// `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` may be set (every TCP and UDP
+    /// provider is an IFS provider).
+    skip_safe: bool,
+    counters: Counters,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    // The state stays consistent at every unlock point that can panic (none
-    // is expected); never give up on a poisoned lock, the kernel may hold
+    // The state stays consistent at every point that can panic (none is
+    // expected); never give up on a poisoned lock, the kernel may hold
     // references that only this poller can take back.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The AFD events to ask for: what `reg` wants now.
-fn wanted(reg: &Reg) -> u32 {
-    if reg.armed {
-        afd_mask(reg.interest, reg.connect_seen)
-    } else {
-        // Disarmed: only watch for the socket being closed.
-        afd::AFD_POLL_LOCAL_CLOSE
-    }
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The AFD events for an interest.
-fn afd_mask(interest: Interest, connect_seen: bool) -> u32 {
+/// The AFD events to ask for an armed interest. `AFD_POLL_CONNECT` is never
+/// asked for: `SEND` arrives with it, and it stays set for the life of a
+/// connection.
+fn afd_mask(interest: Interest) -> u32 {
     use afd::*;
     if interest.is_none() {
-        return AFD_POLL_LOCAL_CLOSE;
+        return PARK;
     }
     // Errors and the local close are always asked for.
     let mut m = AFD_POLL_ABORT | AFD_POLL_CONNECT_FAIL | AFD_POLL_LOCAL_CLOSE;
@@ -162,9 +345,6 @@ fn afd_mask(interest: Interest, connect_seen: bool) -> u32 {
     }
     if interest.is_writable() {
         m |= AFD_POLL_SEND;
-        if !connect_seen {
-            m |= AFD_POLL_CONNECT;
-        }
     }
     if interest.is_priority() {
         m |= AFD_POLL_RECEIVE_EXPEDITED;
@@ -174,19 +354,27 @@ fn afd_mask(interest: Interest, connect_seen: bool) -> u32 {
 
 /// The portable flags for AFD events, shaped like Linux reports the same
 /// conditions, so that portable code sees the same thing everywhere.
-fn decode(events: u32, interest: Interest) -> u8 {
+/// `send_shut` says the socket's own sending side is shut down.
+fn decode(events: u32, interest: Interest, send_shut: bool) -> u8 {
     use afd::*;
     let mut f = 0;
     if interest.is_readable() {
         if events & (AFD_POLL_RECEIVE | AFD_POLL_ACCEPT) != 0 {
             f |= flag::READABLE;
         }
-        // A read now returns end-of-stream: readable, and read-closed.
+        // A read now returns end-of-stream: readable, and read-closed. With
+        // the sending side shut down too, the connection is closed both ways.
         if events & AFD_POLL_DISCONNECT != 0 {
             f |= flag::READABLE | flag::READ_CLOSED;
+            if send_shut {
+                f |= flag::WRITE_CLOSED;
+                if interest.is_writable() {
+                    f |= flag::WRITABLE;
+                }
+            }
         }
     }
-    if interest.is_writable() && events & (AFD_POLL_SEND | AFD_POLL_CONNECT) != 0 {
+    if interest.is_writable() && events & AFD_POLL_SEND != 0 {
         f |= flag::WRITABLE;
     }
     if interest.is_priority() && events & AFD_POLL_RECEIVE_EXPEDITED != 0 {
@@ -206,131 +394,451 @@ fn decode(events: u32, interest: Interest) -> u8 {
     f
 }
 
+/// Where the events of a call go: the caller's list (a wait), with what does
+/// not fit going to the stash, or the stash alone (a user call).
+struct Out<'a> {
+    list: Option<&'a mut Vec<Event>>,
+    capacity: usize,
+    /// The wait this is (0: a user call).
+    wait: u64,
+}
+
+impl Out<'_> {
+    fn stash() -> Out<'static> {
+        Out {
+            list: None,
+            capacity: 0,
+            wait: 0,
+        }
+    }
+    fn push(&mut self, stash: &mut Vec<(RawSocket, Event)>, socket: RawSocket, event: Event) {
+        match &mut self.list {
+            Some(list) if list.len() < self.capacity => list.push(event),
+            _ => stash.push((socket, event)),
+        }
+    }
+    fn full(&self) -> bool {
+        self.list.as_ref().is_none_or(|l| l.len() >= self.capacity)
+    }
+}
+
+/// What `resolve` found for a handle value a user call names.
+enum Found {
+    /// No slot: the value is free.
+    Vacant,
+    /// A slot without a registration (a deleted socket). `alive`: its
+    /// verified poll is still in the kernel, so its socket is still open.
+    Deleted { alive: bool },
+    /// A registration whose verified poll is still in the kernel: the socket
+    /// the caller holds is the registered one.
+    Alive,
+    /// A registration the poller cannot vouch for: no verified poll in the
+    /// kernel, so its socket may have been closed and the value reused.
+    Unproven,
+}
+
 impl IocpPoller {
     fn with_target(target: Target) -> io::Result<IocpPoller> {
+        IocpPoller::with_options(target, afd::skip_on_success_is_safe())
+    }
+
+    fn with_options(target: Target, skip_safe: bool) -> io::Result<IocpPoller> {
         Ok(IocpPoller {
             port: CompletionPort::new()?,
             state: Mutex::new(State::default()),
             notified: AtomicBool::new(false),
-            rearm_pending: AtomicBool::new(false),
+            pending: AtomicBool::new(false),
+            blocked: AtomicUsize::new(0),
+            waits: AtomicU64::new(1),
             target,
+            skip_safe,
+            counters: Counters::default(),
         })
     }
 
-    fn exclusive(&self) -> bool {
+    fn direct(&self) -> bool {
         matches!(self.target, Target::Direct)
     }
 
-    /// Finds (or opens) the handle the polls of a new socket go to.
-    fn place(&self, st: &mut State, base: RawSocket) -> io::Result<(usize, usize)> {
-        match self.target {
-            Target::Grouped { group_size } => {
-                if let Some(i) = st.groups.iter().position(|g| g.sockets < group_size) {
-                    return Ok((st.groups[i].afd.raw() as usize, i));
-                }
-                let afd = Afd::open()?;
-                self.port.associate(afd.raw(), 0)?;
-                afd::set_completion_modes(afd.raw(), false)?;
-                let raw = afd.raw() as usize;
-                st.groups.push(Group { afd, sockets: 0 });
-                Ok((raw, st.groups.len() - 1))
-            }
-            Target::Direct => {
-                match self.port.associate(base as HANDLE, 0) {
-                    Ok(()) => {
-                        st.associated.insert(base);
-                    }
-                    // Associated before: fine if it was with this port.
-                    Err(e) if afd::is_already_associated(&e) && st.associated.contains(&base) => {}
-                    Err(e) if afd::is_already_associated(&e) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::ResourceBusy,
-                            "the socket is associated with another I/O completion port; \
-                             the direct backend needs it for itself (use Backend::Afd)",
-                        ));
-                    }
-                    Err(e) => return Err(e),
-                }
-                Ok((base as usize, usize::MAX))
-            }
+    /// Whether completions of requests satisfied at once skip the port on
+    /// the handles this poller opens (and, direct, sets up).
+    pub(crate) fn skips_port_on_success(&self) -> bool {
+        self.skip_safe
+    }
+
+    #[cfg(test)]
+    pub(crate) fn counts(&self) -> Counts {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            polls: get(&c.polls),
+            cancels: get(&c.cancels),
+            dequeued: get(&c.dequeued),
+            inline: get(&c.inline),
+            drains: get(&c.drains),
         }
     }
 
-    /// Issues a poll for `reg` with its current interest.
+    /// The mask `slot` wants polled now, if any. `park_fired`: a fired
+    /// oneshot is parked (only when a wait starts, grouped only).
+    fn want(&self, slot: &Slot, park_fired: bool) -> Option<u32> {
+        match &slot.reg {
+            // A direct tombstone watches for the close; a grouped deleted
+            // slot only waits for its poll to come back.
+            None => self.direct().then_some(PARK),
+            Some(r) if r.interest.is_none() => Some(PARK),
+            Some(r) => match r.arm {
+                Arm::Armed => Some(afd_mask(r.interest)),
+                Arm::Fired => (park_fired && !self.direct()).then_some(PARK),
+                Arm::Broken => None,
+            },
+        }
+    }
+
+    /// Finds (or opens) the group handle the polls of a new grouped socket
+    /// go to: `(handle, group, skips the port)`.
+    fn place_grouped(&self, st: &mut State, group_size: usize) -> io::Result<(usize, usize, bool)> {
+        if let Some(i) = st.groups.iter().position(|g| g.sockets < group_size) {
+            let g = &st.groups[i];
+            return Ok((g.afd.raw() as usize, i, g.skip));
+        }
+        let afd = Afd::open()?;
+        self.port.associate(afd.raw(), 0)?;
+        afd::set_completion_modes(afd.raw(), self.skip_safe)?;
+        let raw = afd.raw() as usize;
+        st.groups.push(Group {
+            afd,
+            sockets: 0,
+            skip: self.skip_safe,
+        });
+        Ok((raw, st.groups.len() - 1, self.skip_safe))
+    }
+
+    /// Sets up the completion modes of a base handle just associated with
+    /// our port and says whether it skips the port on success. Its owner
+    /// may have set the flag already (it cannot be cleared), so without
+    /// setting it ourselves we must read it.
+    fn direct_modes(&self, base: RawSocket) -> io::Result<bool> {
+        let handle = base as HANDLE;
+        afd::set_completion_modes(handle, self.skip_safe)?;
+        if self.skip_safe {
+            return Ok(true);
+        }
+        match afd::completion_modes(handle) {
+            Ok(flags) => Ok(afd::skips_port(flags)),
+            Err(e) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "cannot read the socket's completion notification mode ({e}); \
+                     the direct backend needs it on this machine (use Backend::Afd)"
+                ),
+            )),
+        }
+    }
+
+    /// Issues a poll for `mask` on `slot`. Grouped: no poll of the slot may
+    /// be in the kernel. Direct: one may be; the new exclusive poll replaces
+    /// it (the old op stays with the kernel until its completion comes).
+    ///
+    /// Returns the status and events of a poll finished inline (no packet
+    /// comes), for the caller to pass to [`Self::finished`].
     fn submit(
         &self,
-        st_in_flight: &mut usize,
-        outstanding: &mut HashSet<usize>,
-        reg: &mut Reg,
-    ) -> io::Result<()> {
-        debug_assert!(reg.pending.is_none());
-        let mask = wanted(reg);
-        let info = AfdPollInfo::new(reg.base, mask, self.exclusive());
-        // SAFETY: no poll is outstanding for this op (`pending` is None), so
-        // the kernel does not touch the cell, and we hold the state lock.
-        unsafe { *reg.op.info.get() = info };
-        let context = Arc::into_raw(Arc::clone(&reg.op));
+        slot: &mut Slot,
+        books: &mut Books,
+        mask: u32,
+        verified: bool,
+    ) -> io::Result<Option<(NTSTATUS, u32)>> {
+        debug_assert!(self.direct() || !slot.phase.in_kernel());
+        let previous = if slot.phase.in_kernel() || Arc::strong_count(&slot.op) > 1 {
+            // The current op is (or may be) the kernel's: use a new one.
+            let fresh = Op::new(slot.op.socket, slot.base);
+            Some(std::mem::replace(&mut slot.op, fresh))
+        } else {
+            None
+        };
+        let info = AfdPollInfo::new(slot.base, mask, self.direct());
+        // SAFETY: the op is not in the kernel (fresh, or ours alone: its
+        // last poll's reference was taken back), and we hold the state lock.
+        unsafe { *slot.op.info.get() = info };
+        let context = Arc::into_raw(Arc::clone(&slot.op));
         // SAFETY: `context` is a strong reference owned by the request: it is
-        // reclaimed when the completion is dequeued (`wait`, `Drop`), or just
-        // below if nothing will be queued, so `iosb` and `info` outlive it.
+        // taken back when the completion is dequeued (`dequeued`, `Drop`), or
+        // below when no packet will come, so `iosb` and `info` outlive it.
         let status = unsafe {
             afd::poll(
-                reg.issue_on as HANDLE,
-                reg.op.info.get(),
-                reg.op.iosb.get(),
+                slot.issue_on as HANDLE,
+                slot.op.info.get(),
+                slot.op.iosb.get(),
                 context.cast(),
             )
         };
-        if status == STATUS_PENDING || afd::nt_success(status) {
-            reg.pending = Some(mask);
-            *st_in_flight += 1;
-            if self.exclusive() {
-                outstanding.insert(context as usize);
+        bump(&self.counters.polls);
+        match afd::classify(status, slot.skip) {
+            Submitted::Queued => {
+                books.in_flight += 1;
+                if self.direct() {
+                    books.outstanding.insert(context as usize);
+                }
+                slot.phase = Phase::Pending { mask, verified };
+                Ok(None)
             }
-            Ok(())
-        } else {
-            // SAFETY: the request failed at once, so no packet will carry
-            // `context`; take the reference back exactly once.
-            drop(unsafe { Arc::from_raw(context) });
-            Err(afd::nt_error(status))
+            Submitted::Inline => {
+                // SAFETY: finished at once and no packet will carry
+                // `context`: take the reference back exactly once.
+                drop(unsafe { Arc::from_raw(context) });
+                bump(&self.counters.inline);
+                // SAFETY: the request is finished (the kernel wrote the status
+                // block and reply before returning) and the op is ours again.
+                let events = unsafe { (*slot.op.info.get()).events() };
+                // (A direct poll this one replaced is still in the kernel; its
+                // completion comes later and is stale.)
+                slot.phase = Phase::Idle;
+                Ok(Some((status, events)))
+            }
+            Submitted::Failed => {
+                // SAFETY: the request failed at once: no packet will carry
+                // `context`; take the reference back exactly once. The status
+                // block is ours again: record the failure in it.
+                unsafe {
+                    drop(Arc::from_raw(context));
+                    (*slot.op.iosb.get()).Anonymous.Status = status;
+                }
+                if let Some(old) = previous {
+                    // The old poll (if any) is untouched: keep its op.
+                    slot.op = old;
+                }
+                Err(afd::nt_error(status))
+            }
         }
     }
 
-    /// Asks the kernel to cancel `reg`'s outstanding poll.
-    fn cancel(reg: &mut Reg) {
-        if reg.pending.is_none() || reg.cancelling {
+    /// Asks the kernel to cancel `slot`'s pending poll; its completion comes
+    /// later (cancelled, or with its result if it won the race).
+    fn cancel(&self, slot: &mut Slot) {
+        let Phase::Pending { verified, .. } = slot.phase else {
             return;
-        }
-        reg.cancelling = true;
+        };
+        slot.phase = Phase::Cancelling {
+            verified,
+            previous: false,
+        };
+        bump(&self.counters.cancels);
         // SAFETY: the op (and its status block) is kept alive by the request's
         // own reference until its completion is dequeued.
-        if let Err(e) = unsafe { afd::cancel(reg.issue_on as HANDLE, reg.op.iosb.get()) } {
+        if let Err(e) = unsafe { afd::cancel(slot.issue_on as HANDLE, slot.op.iosb.get()) } {
             // The handle is gone (a direct socket closed): the poll completes
             // by itself with LOCAL_CLOSE.
             tracing::debug!(error = %e, "cancelling an AFD poll failed");
         }
     }
 
-    /// Whether `reg`'s socket was closed under its outstanding poll: the
-    /// kernel finished the poll with `AFD_POLL_LOCAL_CLOSE`, though the packet
-    /// may not have been processed yet.
-    fn closed_under_poll(reg: &Reg) -> bool {
-        if reg.pending.is_none() {
-            return false;
+    /// Forgets the slot of `socket` (its socket is closed or it is done
+    /// with). A poll of it still in the kernel keeps its op alive and comes
+    /// back as a stale completion.
+    fn remove(st: &mut State, socket: RawSocket) {
+        if let Some(slot) = st.slots.remove(&socket)
+            && let Some(g) = st.groups.get_mut(slot.group)
+        {
+            g.sockets -= 1;
         }
-        // SAFETY: the op is alive (we hold a reference) and its poll was
-        // issued by `submit`; the cells are only read.
-        let events = unsafe { afd::finished_events(reg.op.iosb.get(), reg.op.info.get()) };
-        events.is_some_and(|e| e & afd::AFD_POLL_LOCAL_CLOSE != 0)
+    }
+
+    /// Queues `socket` for a wait to poll on the poller's behalf: the next
+    /// wait to start, or a blocked one woken for it (`wake`: a level socket
+    /// that another thread blocked in a wait should see while it is ready).
+    fn schedule(&self, st: &mut State, socket: RawSocket, wake: bool) {
+        if let Some(slot) = st.slots.get_mut(&socket)
+            && !slot.queued
+        {
+            slot.queued = true;
+            st.updates.push(socket);
+            self.pending.store(true, Ordering::Release);
+            if wake && self.blocked.load(Ordering::Acquire) > 0 {
+                let _ = self.port.post(WAKE_KEY);
+            }
+        }
+    }
+
+    /// Polls the queued slots (see [`Self::schedule`]), except those this
+    /// same wait reported, which wait for the next one.
+    fn flush(&self, st: &mut State, out: &mut Out<'_>) {
+        let mut updates = std::mem::take(&mut st.updates);
+        let mut kept = 0;
+        for i in 0..updates.len() {
+            let socket = updates[i];
+            let Some(slot) = st.slots.get_mut(&socket) else {
+                continue;
+            };
+            if out.wait != 0 && slot.reported_in == out.wait {
+                updates[kept] = socket;
+                kept += 1;
+                continue;
+            }
+            slot.queued = false;
+            self.poll_for_poller(st, socket, out, 0);
+        }
+        updates.truncate(kept);
+        // Slots scheduled while flushing join those kept.
+        updates.append(&mut st.updates);
+        st.updates = updates;
+        if !st.updates.is_empty() {
+            self.pending.store(true, Ordering::Release);
+        }
+    }
+
+    /// Polls `socket` for what it wants, on the poller's own behalf (no user
+    /// call vouches for the socket). A handle that is no longer a socket is
+    /// forgotten, never polled: Wine's server asserts on polls that name a
+    /// closed handle, and Windows would fail them.
+    fn poll_for_poller(&self, st: &mut State, socket: RawSocket, out: &mut Out<'_>, depth: u8) {
+        let Some(slot) = st.slots.get_mut(&socket) else {
+            return;
+        };
+        if slot.phase.in_kernel() {
+            return; // its completion decides what comes next
+        }
+        let Some(mask) = self.want(slot, true) else {
+            return;
+        };
+        if !afd::is_socket(socket) {
+            Self::remove(st, socket);
+            return;
+        }
+        let State { books, slots, .. } = &mut *st;
+        let slot = slots.get_mut(&socket).expect("looked up above");
+        match self.submit(slot, books, mask, false) {
+            Ok(None) => {}
+            Ok(Some((status, events))) => self.finished(st, socket, status, events, out, depth + 1),
+            Err(e) => self.submit_failed(st, socket, e, out),
+        }
+    }
+
+    /// A submit failed at once: forget a closed socket, report an error for
+    /// an armed registration once.
+    fn submit_failed(&self, st: &mut State, socket: RawSocket, e: io::Error, out: &mut Out<'_>) {
+        tracing::debug!(error = %e, "submitting an AFD poll failed");
+        if e.raw_os_error() == Some(ERROR_INVALID_HANDLE as i32) || !afd::is_socket(socket) {
+            Self::remove(st, socket);
+            return;
+        }
+        let Some(slot) = st.slots.get_mut(&socket) else {
+            return;
+        };
+        match &mut slot.reg {
+            Some(reg) => {
+                let report = reg.arm == Arm::Armed && !reg.interest.is_none();
+                reg.arm = Arm::Broken;
+                if report {
+                    let event = Event::new(reg.key, flag::ERROR);
+                    out.push(&mut st.stash, socket, event);
+                }
+            }
+            None => Self::remove(st, socket),
+        }
+    }
+
+    /// Handles a finished poll of `socket`'s slot (its current one: the
+    /// caller checked), whose op is no longer in the kernel.
+    fn finished(
+        &self,
+        st: &mut State,
+        socket: RawSocket,
+        status: NTSTATUS,
+        events: u32,
+        out: &mut Out<'_>,
+        depth: u8,
+    ) {
+        let direct = self.direct();
+        let Some(slot) = st.slots.get_mut(&socket) else {
+            return;
+        };
+        let phase = std::mem::replace(&mut slot.phase, Phase::Idle);
+        if let Phase::Cancelling { previous: true, .. } = phase {
+            // A poll about the socket the slot held before it was taken
+            // over: even a close it reports was that socket's. Poll for the
+            // new registration.
+            self.again(st, socket, out, depth);
+            return;
+        }
+        let was_cancelling = matches!(phase, Phase::Cancelling { .. });
+        if events & afd::AFD_POLL_LOCAL_CLOSE != 0 {
+            // The user closed the socket: drop it silently.
+            Self::remove(st, socket);
+            return;
+        }
+        let Some(reg) = &mut slot.reg else {
+            // A deleted slot's poll is back (grouped), or a tombstone's poll
+            // ended without a close (direct: failed, or replaced by another
+            // process's exclusive poll): nothing is left to watch.
+            Self::remove(st, socket);
+            return;
+        };
+        if was_cancelling {
+            // Cancelled because what is wanted changed; if it completed first,
+            // its events answer the old question. Poll for what is wanted now.
+            self.again(st, socket, out, depth);
+            return;
+        }
+        let cancelled = afd::is_cancelled(status);
+        if !afd::nt_success(status) && !cancelled {
+            // The poll itself failed: report an error once, then nothing
+            // until the registration is modified.
+            tracing::debug!(status, "AFD poll failed");
+            let report = reg.arm == Arm::Armed && !reg.interest.is_none();
+            reg.arm = Arm::Broken;
+            if report {
+                let event = Event::new(reg.key, flag::ERROR);
+                slot.reported_in = out.wait;
+                out.push(&mut st.stash, socket, event);
+            }
+            return;
+        }
+        let send_shut = events & afd::AFD_POLL_DISCONNECT != 0
+            && reg.interest.is_readable()
+            && afd::send_shut_down(socket);
+        let flags = decode(events, reg.interest, send_shut);
+        if flags != 0 && reg.arm == Arm::Armed && !reg.interest.is_none() {
+            let event = Event::new(reg.key, flags);
+            let oneshot = reg.mode.is_oneshot();
+            if oneshot {
+                reg.arm = Arm::Fired;
+            }
+            slot.reported_in = out.wait;
+            out.push(&mut st.stash, socket, event);
+            if !oneshot {
+                // Level: poll again for the next wait (or a blocked one).
+                self.schedule(st, socket, true);
+            } else if !direct {
+                // Oneshot (grouped): park it if it is still fired when the
+                // next wait starts, so a close without delete is noticed.
+                self.schedule(st, socket, false);
+            }
+            return;
+        }
+        // Nothing to report: a poll replaced by another process's exclusive
+        // poll, or readiness outside what is asked now (a kept wider poll).
+        // Poll for what is wanted now.
+        self.again(st, socket, out, depth);
+    }
+
+    /// Polls `socket` again for what it wants now, at once, or from the next
+    /// wait if this chain of inline completions is getting long.
+    fn again(&self, st: &mut State, socket: RawSocket, out: &mut Out<'_>, depth: u8) {
+        if depth < 3 {
+            self.poll_for_poller(st, socket, out, depth);
+        } else {
+            self.schedule(st, socket, false);
+        }
     }
 
     /// The reference to its op that a dequeued poll completion carries, or
     /// `None` for a packet that is not one of our polls (a direct socket's
     /// own overlapped I/O). Call once per dequeued packet with a non-null
     /// overlapped pointer; the in-flight count is the caller's to adjust.
-    fn take_back(direct: bool, st: &mut State, entry: &OVERLAPPED_ENTRY) -> Option<Arc<Op>> {
+    fn take_back(direct: bool, books: &mut Books, entry: &OVERLAPPED_ENTRY) -> Option<Arc<Op>> {
         let context = entry.lpOverlapped as usize;
-        if direct && !st.outstanding.remove(&context) {
+        if direct && !books.outstanding.remove(&context) {
             return None;
         }
         // SAFETY: every packet with an overlapped pointer on this port is the
@@ -342,75 +850,29 @@ impl IocpPoller {
         Some(unsafe { Arc::from_raw(context as *const Op) })
     }
 
-    /// Submits a poll for the registration of `socket`, if it has one and
-    /// none is outstanding.
-    fn resubmit(&self, st: &mut State, socket: RawSocket) -> io::Result<()> {
-        let State {
-            in_flight,
-            outstanding,
-            regs,
-            ..
-        } = st;
-        match regs.get_mut(&socket) {
-            Some(reg) if reg.pending.is_none() => self.submit(in_flight, outstanding, reg),
-            _ => Ok(()),
-        }
-    }
-
-    /// Polls again the level registrations that reported in earlier waits.
-    /// A registration deleted, modified or re-added since is skipped (it is
-    /// gone, or has a poll already).
-    fn flush_rearm(&self, list: &mut Vec<Event>, capacity: usize) {
-        if !self.rearm_pending.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        let mut st = lock(&self.state);
-        let sockets = std::mem::take(&mut st.rearm);
-        for &socket in &sockets {
-            if let Err(e) = self.resubmit(&mut st, socket) {
-                if e.raw_os_error() == Some(ERROR_INVALID_HANDLE as i32) {
-                    self.remove(&mut st, socket); // closed meanwhile
-                } else if let Some(reg) = st.regs.get_mut(&socket)
-                    && reg.armed
-                    && list.len() < capacity
-                {
-                    reg.armed = false;
-                    list.push(Event::new(reg.key, flag::ERROR));
-                }
+    /// Handles one dequeued packet. Returns whether it was a notification.
+    fn dequeued(&self, st: &mut State, entry: &OVERLAPPED_ENTRY, out: &mut Out<'_>) -> bool {
+        if entry.lpOverlapped.is_null() {
+            if entry.lpCompletionKey == NOTIFY_KEY {
+                self.notified.store(false, Ordering::Release);
+                return true;
             }
+            return false; // WAKE_KEY: the caller collects the stash
         }
-        // Keep the allocation for next time.
-        st.rearm = sockets;
-        st.rearm.clear();
-    }
-
-    /// Forgets the registration of `socket` whose socket is gone. Its op is
-    /// freed when the last reference (an outstanding poll's) goes.
-    fn remove(&self, st: &mut State, socket: RawSocket) {
-        if let Some(reg) = st.regs.remove(&socket) {
-            Self::forget(st, &reg);
-            if let Target::Direct = self.target {
-                st.associated.remove(&reg.base);
-            }
-        }
-    }
-
-    fn forget(st: &mut State, reg: &Reg) {
-        if let Some(g) = st.groups.get_mut(reg.group) {
-            g.sockets -= 1;
-        }
-    }
-
-    /// Handles one dequeued poll completion. Returns the event to report.
-    fn complete(&self, st: &mut State, op: Arc<Op>) -> Option<Event> {
-        st.in_flight -= 1;
+        let Some(op) = Self::take_back(self.direct(), &mut st.books, entry) else {
+            tracing::warn!("ignored a completion that is not an AFD poll of this poller");
+            return false;
+        };
+        st.books.in_flight -= 1;
+        bump(&self.counters.dequeued);
         let socket = op.socket;
-        let reg = st.regs.get_mut(&socket)?;
-        if !Arc::ptr_eq(&reg.op, &op) {
-            return None; // a deleted registration's poll, the socket re-added since
+        let current = st
+            .slots
+            .get(&socket)
+            .is_some_and(|s| s.phase.in_kernel() && Arc::ptr_eq(&s.op, &op));
+        if !current {
+            return false; // replaced, superseded or forgotten since
         }
-        reg.pending = None;
-        reg.cancelling = false;
         // SAFETY: the completion was dequeued, so the kernel is done with the
         // cells, and we hold the state lock.
         let (status, events) = unsafe {
@@ -422,51 +884,234 @@ impl IocpPoller {
             };
             (status, events)
         };
-        if events & afd::AFD_POLL_LOCAL_CLOSE != 0 {
-            // The user closed the socket: drop it silently.
-            self.remove(st, socket);
-            return None;
-        }
-        if !afd::nt_success(status) && !afd::is_cancelled(status) {
-            // The poll itself failed: report an error once; leave the
-            // registration without a poll until it is modified.
-            tracing::debug!(status, "AFD poll failed");
-            let event = reg.armed.then(|| Event::new(reg.key, flag::ERROR));
-            reg.armed = false;
-            return event;
-        }
-        if events & afd::AFD_POLL_CONNECT != 0 {
-            reg.connect_seen = true;
-        }
-        let flags = decode(events, reg.interest);
-        let mut event = None;
-        if flags != 0 && reg.armed {
-            event = Some(Event::new(reg.key, flags));
-            if reg.mode.is_oneshot() {
-                reg.armed = false;
-            } else {
-                // Level: poll again when the next wait starts.
-                st.rearm.push(socket);
-                self.rearm_pending.store(true, Ordering::Release);
-                return event;
+        drop(op); // the kernel's reference: the op may be reused now
+        self.finished(st, socket, status, events, out, 0);
+        false
+    }
+
+    /// Dequeues and handles, without blocking, everything the port holds
+    /// now, so that a user call sees completions that have happened (on
+    /// Windows the status block may be written only at dequeue). Events go
+    /// to the stash; a notification dequeued here is posted again.
+    fn drain(&self, st: &mut State) {
+        bump(&self.counters.drains);
+        let mut entries = [OVERLAPPED_ENTRY::default(); DRAIN_BATCH];
+        let mut out = Out::stash();
+        let mut woken = false;
+        for _ in 0..64 {
+            let n = match self.port.get_many(&mut entries, Some(Duration::ZERO)) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "draining the completion port failed");
+                    break;
+                }
+            };
+            for entry in &entries[..n] {
+                woken |= self.dequeued(st, entry, &mut out);
+            }
+            if n < entries.len() {
+                break;
             }
         }
-        // Always poll again: for the interest if armed (level mode reports
-        // again at once while the condition holds), else for a close.
-        if let Err(e) = self.resubmit(st, socket) {
-            tracing::debug!(error = %e, "re-submitting an AFD poll failed");
-            if e.raw_os_error() == Some(ERROR_INVALID_HANDLE as i32) {
-                // Closed between the completion and now: forget it.
-                self.remove(st, socket);
-                return event;
-            }
-            let reg = st.regs.get_mut(&socket)?;
-            if reg.armed && event.is_none() {
-                reg.armed = false;
-                return Some(Event::new(reg.key, flag::ERROR));
+        if woken {
+            let _ = self.notify();
+        }
+    }
+
+    /// What a user call finds for the handle value `socket`, after draining
+    /// the port (see [`Found`]).
+    fn resolve(&self, st: &mut State, socket: RawSocket) -> Found {
+        self.drain(st);
+        let Some(slot) = st.slots.get(&socket) else {
+            return Found::Vacant;
+        };
+        // A verified poll still in the kernel proves the socket open: had it
+        // been closed, AFD would have completed the poll, and the drain (or a
+        // concurrent wait, whose dequeue writes the status block) would have
+        // taken the packet.
+        let alive = slot.phase.verified() && {
+            // SAFETY: the op is alive (the slot holds it) and its poll was
+            // issued by `submit`; its cells are only read.
+            unsafe { afd::finished_events(slot.op.iosb.get(), slot.op.info.get()) }.is_none()
+        };
+        match (&slot.reg, alive) {
+            (None, alive) => Found::Deleted { alive },
+            (Some(_), true) => Found::Alive,
+            (Some(_), false) => Found::Unproven,
+        }
+    }
+
+    /// Whether `slot`'s poll has visibly finished with `LOCAL_CLOSE` (the
+    /// status block is written before dequeue under Wine, and by a concurrent
+    /// wait's dequeue on Windows): the socket was closed and the caller's
+    /// handle is another one.
+    fn visibly_closed(slot: &Slot) -> bool {
+        slot.phase.in_kernel() && {
+            // SAFETY: the op is alive (the slot holds it) and its poll was
+            // issued by `submit`; its cells are only read.
+            unsafe { afd::finished_events(slot.op.iosb.get(), slot.op.info.get()) }
+                .is_some_and(|e| e & afd::AFD_POLL_LOCAL_CLOSE != 0)
+        }
+    }
+
+    /// After a user call: make the next wait collect the stash, and wake a
+    /// blocked one to do it.
+    fn after_user_call(&self, st: &State) {
+        if !st.stash.is_empty() {
+            self.pending.store(true, Ordering::Release);
+            if self.blocked.load(Ordering::Acquire) > 0 {
+                let _ = self.port.post(WAKE_KEY);
             }
         }
-        event
+    }
+
+    fn add_grouped(
+        &self,
+        st: &mut State,
+        socket: RawSocket,
+        base: RawSocket,
+        reg: Reg,
+        group_size: usize,
+    ) -> io::Result<()> {
+        let mut out = Out::stash();
+        if st.slots.contains_key(&socket) {
+            match self.resolve(st, socket) {
+                Found::Vacant => {}
+                Found::Alive => return Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+                // A deleted slot whose poll is still in the kernel (the same
+                // socket re-added, or a new one on a closed socket's value),
+                // or a registration that may be a closed socket's: take the
+                // slot over. With a poll in the kernel, the new registration
+                // is polled when that poll comes back (one poll per socket).
+                Found::Deleted { .. } | Found::Unproven => {
+                    let slot = st.slots.get_mut(&socket).expect("resolved");
+                    slot.reg = Some(reg);
+                    st.stash.retain(|(s, _)| *s != socket);
+                    match slot.phase {
+                        Phase::Idle => {
+                            let mask = self.want(slot, false).expect("armed or parked");
+                            let State { books, slots, .. } = &mut *st;
+                            let slot = slots.get_mut(&socket).expect("resolved");
+                            if let Some((s, e)) = self.submit(slot, books, mask, true)? {
+                                self.finished(st, socket, s, e, &mut out, 0);
+                            }
+                        }
+                        Phase::Pending { .. } | Phase::Cancelling { .. } => {
+                            self.cancel(slot);
+                            if let Phase::Cancelling { verified, .. } = slot.phase {
+                                slot.phase = Phase::Cancelling {
+                                    verified,
+                                    previous: true,
+                                };
+                            }
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let (issue_on, group, skip) = self.place_grouped(st, group_size)?;
+        let mut slot = Slot {
+            reg: Some(reg),
+            phase: Phase::Idle,
+            op: Op::new(socket, base),
+            base,
+            issue_on,
+            group,
+            skip,
+            queued: false,
+            reported_in: 0,
+        };
+        let mask = self.want(&slot, false).expect("armed or parked");
+        let done = self.submit(&mut slot, &mut st.books, mask, true)?;
+        st.groups[group].sockets += 1;
+        st.slots.insert(socket, slot);
+        if let Some((s, e)) = done {
+            self.finished(st, socket, s, e, &mut out, 0);
+        }
+        Ok(())
+    }
+
+    fn add_direct(
+        &self,
+        st: &mut State,
+        socket: RawSocket,
+        base: RawSocket,
+        reg: Reg,
+    ) -> io::Result<()> {
+        let mut out = Out::stash();
+        let fresh = match self.port.associate(base as HANDLE, 0) {
+            Ok(()) => true,
+            Err(e) if afd::is_already_associated(&e) => false,
+            Err(e) => return Err(e),
+        };
+        if fresh {
+            // No port had this socket: whatever slot the value has belongs to
+            // a socket closed since. Its poll (if any) comes back on its own.
+            Self::remove(st, socket);
+            st.stash.retain(|(s, _)| *s != socket);
+            let skip = self.direct_modes(base)?;
+            let mut slot = Slot {
+                reg: Some(reg),
+                phase: Phase::Idle,
+                op: Op::new(socket, base),
+                base,
+                issue_on: base as usize,
+                group: usize::MAX,
+                skip,
+                queued: false,
+                reported_in: 0,
+            };
+            let mask = self.want(&slot, false).expect("armed or parked");
+            let done = self.submit(&mut slot, &mut st.books, mask, true)?;
+            st.slots.insert(socket, slot);
+            if let Some((s, e)) = done {
+                self.finished(st, socket, s, e, &mut out, 0);
+            }
+            return Ok(());
+        }
+        // Associated with a port before: ours only if this poller still
+        // vouches for the socket.
+        let busy = |why: &str| {
+            io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "the socket is associated with an I/O completion port {why}; \
+                     the direct backend needs it for itself (use Backend::Afd)"
+                ),
+            )
+        };
+        if !st.slots.contains_key(&socket) {
+            return Err(busy("that is not this poller's"));
+        }
+        match self.resolve(st, socket) {
+            Found::Alive => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+            Found::Deleted { alive: true } => {
+                // Deleted from this poller, still open and ours: re-arm it. The
+                // exclusive poll replaces the tombstone's.
+                let State {
+                    books,
+                    slots,
+                    stash,
+                    ..
+                } = &mut *st;
+                stash.retain(|(s, _)| *s != socket);
+                let slot = slots.get_mut(&socket).expect("resolved");
+                slot.reg = Some(reg);
+                let mask = self.want(slot, false).expect("armed or parked");
+                if let Some((s, e)) = self.submit(slot, books, mask, true)? {
+                    self.finished(st, socket, s, e, &mut out, 0);
+                }
+                Ok(())
+            }
+            Found::Vacant | Found::Deleted { alive: false } => Err(busy(
+                "that is not this poller's (this poller's socket of that value was closed)",
+            )),
+            Found::Unproven => Err(busy(
+                "and this poller's registration of the same handle value has no poll outstanding, \
+                 so whether it is the same socket cannot be told (delete before closing)",
+            )),
+        }
     }
 }
 
@@ -478,7 +1123,9 @@ impl Driver for IocpPoller {
         }
     }
     fn supports_level(&self) -> bool {
-        true
+        // Level re-arms are polls the poller issues on its own; the direct
+        // target issues none (see the module documentation).
+        !self.direct()
     }
     fn supports_edge(&self) -> bool {
         // AFD polls are level-triggered; true edge triggering would need to
@@ -497,48 +1144,23 @@ impl Driver for IocpPoller {
         mode: Mode,
     ) -> io::Result<()> {
         let socket = source.as_raw_socket();
-        let mut st = lock(&self.state);
-        if let Some(old) = st.regs.get(&socket) {
-            if !Self::closed_under_poll(old) {
-                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-            }
-            // The handle value was closed and reused before the LOCAL_CLOSE
-            // completion was processed: the old registration is dead. Its
-            // poll's packet still comes and is ignored (its op is not the
-            // registered one any more).
-            self.remove(&mut st, socket);
-        }
+        // Outside the lock: a query on the caller's live socket.
         let base = afd::base_socket(socket)?;
-        let (issue_on, group) = self.place(&mut st, base)?;
-        let op = Arc::new(Op {
-            iosb: UnsafeCell::new(afd::status_block()),
-            info: UnsafeCell::new(AfdPollInfo::new(base, 0, false)),
-            socket,
-        });
-        let mut reg = Reg {
-            op,
+        let reg = Reg {
             key,
             interest,
             mode,
-            base,
-            issue_on,
-            group,
-            pending: None,
-            cancelling: false,
-            armed: !interest.is_none(),
-            connect_seen: false,
+            arm: Arm::Armed,
         };
-        let State {
-            in_flight,
-            outstanding,
-            ..
-        } = &mut *st;
-        self.submit(in_flight, outstanding, &mut reg)?;
-        if let Some(g) = st.groups.get_mut(group) {
-            g.sockets += 1;
-        }
-        st.regs.insert(socket, reg);
-        Ok(())
+        let mut st = lock(&self.state);
+        let result = match self.target {
+            Target::Grouped { group_size } => {
+                self.add_grouped(&mut st, socket, base, reg, group_size)
+            }
+            Target::Direct => self.add_direct(&mut st, socket, base, reg),
+        };
+        self.after_user_call(&st);
+        result
     }
 
     fn modify(
@@ -550,41 +1172,96 @@ impl Driver for IocpPoller {
     ) -> io::Result<()> {
         let socket = source.as_raw_socket();
         let mut st = lock(&self.state);
+        let closed = match st.slots.get(&socket) {
+            Some(slot) if slot.reg.is_some() => Self::visibly_closed(slot),
+            _ => return Err(io::Error::from(io::ErrorKind::NotFound)),
+        };
+        if closed {
+            self.drain(&mut st);
+            if !st.slots.get(&socket).is_some_and(|s| s.reg.is_some()) {
+                self.after_user_call(&st);
+                return Err(io::Error::from(io::ErrorKind::NotFound));
+            }
+        }
+        let direct = self.direct();
         let State {
-            regs,
-            in_flight,
-            outstanding,
+            slots,
+            books,
+            stash,
             ..
         } = &mut *st;
-        let reg = regs
-            .get_mut(&socket)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        reg.key = key;
-        reg.interest = interest;
-        reg.mode = mode;
-        reg.armed = !interest.is_none();
-        match reg.pending {
-            // The outstanding poll asks for something else: cancel it; its
-            // completion re-submits with what is wanted then.
-            Some(mask) if mask != wanted(reg) => Self::cancel(reg),
-            // The outstanding poll asks for just this: keep it.
-            Some(_) => {}
-            None => self.submit(in_flight, outstanding, reg)?,
+        // An event not yet returned belongs to the arming this replaces.
+        stash.retain(|(s, _)| *s != socket);
+        let slot = slots.get_mut(&socket).expect("checked above");
+        slot.reg = Some(Reg {
+            key,
+            interest,
+            mode,
+            arm: Arm::Armed,
+        });
+        let want = self.want(slot, false).expect("armed or parked");
+        let mut done = None;
+        match slot.phase {
+            Phase::Idle => done = self.submit(slot, books, want, true)?,
+            // The poll in the kernel asks for just this: keep it.
+            Phase::Pending { mask, .. } if mask == want => {}
+            // It asks for more (grouped): keep it; a completion with nothing
+            // wanted in it polls again for `want`.
+            Phase::Pending { mask, .. } if !direct && want & !mask == 0 => {}
+            // Direct: a new exclusive poll replaces the one in the kernel.
+            Phase::Pending { .. } if direct => done = self.submit(slot, books, want, true)?,
+            // Grouped: cancel; the completion of the cancelled poll submits
+            // what is wanted then.
+            Phase::Pending { .. } => self.cancel(slot),
+            Phase::Cancelling { .. } => {}
         }
+        if let Some((s, e)) = done {
+            let mut out = Out::stash();
+            self.finished(&mut st, socket, s, e, &mut out, 0);
+        }
+        self.after_user_call(&st);
         Ok(())
     }
 
     fn delete(&self, source: Source<'_>) -> io::Result<()> {
         let socket = source.as_raw_socket();
         let mut st = lock(&self.state);
-        let mut reg = st
-            .regs
-            .remove(&socket)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        // The request keeps its own reference to the op: dropping `reg` here
-        // frees nothing the kernel still uses.
-        Self::cancel(&mut reg);
-        Self::forget(&mut st, &reg);
+        let closed = match st.slots.get(&socket) {
+            Some(slot) if slot.reg.is_some() => Self::visibly_closed(slot),
+            _ => return Err(io::Error::from(io::ErrorKind::NotFound)),
+        };
+        if closed {
+            self.drain(&mut st);
+            if !st.slots.get(&socket).is_some_and(|s| s.reg.is_some()) {
+                self.after_user_call(&st);
+                return Err(io::Error::from(io::ErrorKind::NotFound));
+            }
+        }
+        st.stash.retain(|(s, _)| *s != socket);
+        let State { slots, books, .. } = &mut *st;
+        let slot = slots.get_mut(&socket).expect("checked above");
+        slot.reg = None;
+        if self.direct() {
+            // A tombstone: keep watching for the close, with a poll issued
+            // now (this call vouches for the socket).
+            let parked = matches!(slot.phase, Phase::Pending { mask: PARK, .. });
+            if !parked {
+                match self.submit(slot, books, PARK, true) {
+                    Ok(None) => {}
+                    // Finished at once: closed already, or failed.
+                    Ok(Some(_)) | Err(_) => Self::remove(&mut st, socket),
+                }
+            }
+        } else {
+            match slot.phase {
+                Phase::Idle => Self::remove(&mut st, socket),
+                // The request keeps its own reference to the op; the slot
+                // stays until the cancelled poll comes back.
+                Phase::Pending { .. } => self.cancel(slot),
+                Phase::Cancelling { .. } => {}
+            }
+        }
+        self.after_user_call(&st);
         Ok(())
     }
 
@@ -595,34 +1272,65 @@ impl Driver for IocpPoller {
             sys,
             ..
         } = events;
-        self.flush_rearm(list, *capacity);
-        // One completion yields at most one event: never dequeue more than
-        // there is room for.
-        let room = *capacity - list.len();
-        if room == 0 {
-            return Ok(false);
-        }
-        let n = self.port.get_many(&mut sys.0[..room], timeout)?;
-        if n == 0 {
-            return Ok(false);
-        }
+        let capacity = *capacity;
         let mut woken = false;
-        let mut st = lock(&self.state);
-        for entry in &sys.0[..n] {
-            if entry.lpOverlapped.is_null() {
-                if entry.lpCompletionKey == NOTIFY_KEY {
-                    self.notified.store(false, Ordering::Release);
-                    woken = true;
-                }
-                continue;
+        let mut out = Out {
+            list: Some(list),
+            capacity,
+            wait: self.waits.fetch_add(1, Ordering::Relaxed),
+        };
+        if self.pending.swap(false, Ordering::AcqRel) {
+            // What user calls left for this wait, then the polls on the
+            // poller's behalf (level re-arms, parks).
+            let mut st = lock(&self.state);
+            Self::take_stash(&mut st, &mut out);
+            self.flush(&mut st, &mut out);
+            if !st.stash.is_empty() {
+                self.pending.store(true, Ordering::Release);
             }
-            let Some(op) = Self::take_back(self.exclusive(), &mut st, entry) else {
-                tracing::warn!("ignored a completion that is not an AFD poll of this poller");
-                continue;
-            };
-            if let Some(event) = self.complete(&mut st, op) {
-                list.push(event);
+        }
+        // With events in hand, only look; otherwise block up to `timeout`.
+        let mut timeout = if out.list.as_ref().is_some_and(|l| !l.is_empty()) {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
+        for _ in 0..FOLLOW_UPS {
+            let room = capacity - out.list.as_ref().map_or(0, |l| l.len());
+            if room == 0 {
+                break;
             }
+            self.blocked.fetch_add(1, Ordering::AcqRel);
+            let got = self.port.get_many(&mut sys.0[..room], timeout);
+            self.blocked.fetch_sub(1, Ordering::AcqRel);
+            let n = got?;
+            if n == 0 {
+                break;
+            }
+            let polls_before = self.counters.polls.load(Ordering::Relaxed);
+            let mut st = lock(&self.state);
+            let mut wake = false;
+            for entry in &sys.0[..n] {
+                woken |= self.dequeued(&mut st, entry, &mut out);
+                wake |= entry.lpOverlapped.is_null() && entry.lpCompletionKey == WAKE_KEY;
+            }
+            Self::take_stash(&mut st, &mut out);
+            if wake || self.pending.swap(false, Ordering::AcqRel) {
+                // Woken to collect events or issue polls another call left.
+                self.flush(&mut st, &mut out);
+            }
+            if !st.stash.is_empty() {
+                self.pending.store(true, Ordering::Release);
+            }
+            drop(st);
+            // Look again without blocking if the batch filled the room (more
+            // may be queued) or its handling issued polls (which may have
+            // completed at once): a ready socket is then reported now.
+            let polled = self.counters.polls.load(Ordering::Relaxed) != polls_before;
+            if out.full() || !(n == room || polled) {
+                break;
+            }
+            timeout = Some(Duration::ZERO);
         }
         Ok(woken)
     }
@@ -638,27 +1346,56 @@ impl Driver for IocpPoller {
     }
 }
 
+impl IocpPoller {
+    /// Moves stashed events into the caller's list, as room allows.
+    fn take_stash(st: &mut State, out: &mut Out<'_>) {
+        if st.stash.is_empty() {
+            return;
+        }
+        let Some(list) = &mut out.list else {
+            return;
+        };
+        let room = out.capacity.saturating_sub(list.len()).min(st.stash.len());
+        let State { stash, slots, .. } = st;
+        for (socket, event) in stash.drain(..room) {
+            // Reported by this wait: no level re-arm of it in the same wait.
+            if let Some(slot) = slots.get_mut(&socket) {
+                slot.reported_in = out.wait;
+            }
+            list.push(event);
+        }
+    }
+}
+
 impl Drop for IocpPoller {
     fn drop(&mut self) {
-        let direct = self.exclusive();
+        let direct = self.direct();
         let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        for reg in st.regs.values_mut() {
-            Self::cancel(reg);
+        let mut state = std::mem::take(st);
+        for slot in state.slots.values_mut() {
+            // (A cancelling poll is on its way back already.)
+            self.cancel(slot);
         }
-        // Deleted registrations were cancelled when deleted. Now take back
-        // every outstanding reference; only then may the ops be freed.
+        // Deleted and replaced polls were cancelled, replaced or completed
+        // already. Now take back every outstanding reference; only then may
+        // the ops be freed. A blocking dequeue, never a spin: an error ends
+        // the drain (and leaks what is left).
         let deadline = Instant::now() + DRAIN_LIMIT;
         let mut entries = vec![OVERLAPPED_ENTRY::default(); 64];
-        while st.in_flight > 0 {
+        while state.books.in_flight > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
-            let n = self
-                .port
-                .get_many(&mut entries, Some(left))
-                .unwrap_or_default();
+            let n = match self.port.get_many(&mut entries, Some(left)) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, in_flight = state.books.in_flight,
+                        "draining the completion port failed; leaking the memory of AFD polls in flight");
+                    break;
+                }
+            };
             if n == 0 && Instant::now() >= deadline {
                 // Never free memory the kernel may still write: leak it.
                 tracing::warn!(
-                    in_flight = st.in_flight,
+                    in_flight = state.books.in_flight,
                     "AFD polls did not come back after cancellation; leaking their memory"
                 );
                 break;
@@ -667,13 +1404,16 @@ impl Drop for IocpPoller {
                 if entry.lpOverlapped.is_null() {
                     continue;
                 }
-                if Self::take_back(direct, st, entry).is_some() {
-                    st.in_flight -= 1; // and the op reference is dropped here
+                if Self::take_back(direct, &mut state.books, entry).is_some() {
+                    state.books.in_flight -= 1; // and the op reference is dropped here
                 }
             }
         }
-        // `state` (and the ops it holds), the AFD handles and the port are
-        // dropped after this, in that order.
+        // The ops the kernel gave back are freed with `state` here; those it
+        // did not are leaked (their references were never taken back). Then
+        // the AFD group handles close (with `state`), and the port last (it is
+        // a field, dropped after this function).
+        drop(state);
     }
 }
 

@@ -21,15 +21,21 @@ use std::ptr::{null, null_mut};
 use std::time::Duration;
 
 use windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES;
-use windows_sys::Wdk::Storage::FileSystem::{FILE_OPEN, NtCancelIoFileEx, NtCreateFile};
+use windows_sys::Wdk::Storage::FileSystem::{
+    FILE_OPEN, FileIoCompletionNotificationInformation, NtCancelIoFileEx, NtCreateFile,
+    NtQueryInformationFile,
+};
 use windows_sys::Wdk::System::IO::NtDeviceIoControlFile;
+use windows_sys::Wdk::System::SystemInformation::NtQuerySystemInformation;
 use windows_sys::Win32::Foundation::{
     ERROR_INVALID_PARAMETER, HANDLE, INVALID_HANDLE_VALUE, NTSTATUS, RtlNtStatusToDosError,
     STATUS_CANCELLED, STATUS_NOT_FOUND, STATUS_PENDING, UNICODE_STRING, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Networking::WinSock::{
-    INVALID_SOCKET, SIO_BASE_HANDLE, SIO_BSP_HANDLE_POLL, SIO_BSP_HANDLE_SELECT, SOCKET,
-    SOCKET_ERROR, WSAGetLastError, WSAIoctl,
+    INVALID_SOCKET, IPPROTO_TCP, IPPROTO_UDP, SIO_BASE_HANDLE, SIO_BSP_HANDLE_POLL,
+    SIO_BSP_HANDLE_SELECT, SO_TYPE, SOCK_STREAM, SOCKET, SOCKET_ERROR, SOL_SOCKET, WSAENOBUFS,
+    WSAESHUTDOWN, WSAEnumProtocolsW, WSAGetLastError, WSAIoctl, WSAPROTOCOL_INFOW, XP1_IFS_HANDLES,
+    getsockopt, send,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     FILE_SHARE_READ, FILE_SHARE_WRITE, SYNCHRONIZE, SetFileCompletionNotificationModes,
@@ -57,7 +63,9 @@ pub(crate) const AFD_POLL_DISCONNECT: u32 = 0x0008;
 pub(crate) const AFD_POLL_ABORT: u32 = 0x0010;
 /// This process closed the socket handle the poll was for.
 pub(crate) const AFD_POLL_LOCAL_CLOSE: u32 = 0x0020;
-/// The connection is established. Stays set for the connection's life.
+/// The connection is established. Stays set for the connection's life, so
+/// the backends never ask for it (`SEND` arrives with it); the raw tests do.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) const AFD_POLL_CONNECT: u32 = 0x0040;
 /// A connection can be accepted on a listening socket.
 pub(crate) const AFD_POLL_ACCEPT: u32 = 0x0080;
@@ -154,9 +162,56 @@ pub(crate) unsafe fn finished_events(
     Some(unsafe { std::ptr::read_volatile(info) }.events())
 }
 
-/// Whether an NTSTATUS is a success (or informational) code.
+/// Whether an NTSTATUS is a success or informational code (severity 0 or
+/// 1), `STATUS_PENDING` included.
 pub(crate) fn nt_success(status: NTSTATUS) -> bool {
     status >= 0
+}
+
+/// Whether an NTSTATUS has error severity (its top two bits are `11`).
+/// Warnings (`10`) are not errors: a request that returns one still
+/// completes through the port.
+pub(crate) fn nt_error_severity(status: NTSTATUS) -> bool {
+    (status as u32) >> 30 == 3
+}
+
+/// What became of a request, by its immediate status, as the I/O manager
+/// treats it: whether a completion packet will be queued to the port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Submitted {
+    /// Pending, or finished with a status that queues a packet: the
+    /// request's memory belongs to the kernel until the packet is dequeued.
+    Queued,
+    /// Finished at once with success on a handle that skips the port on
+    /// success: no packet comes; the status block and reply are written.
+    Inline,
+    /// Failed at once with an error-severity status: no packet comes, and
+    /// the kernel did not keep the memory.
+    Failed,
+}
+
+/// Classifies the immediate status of a request issued on a handle whose
+/// completion mode skips the port on success (`skip`) or not.
+///
+/// - `STATUS_PENDING`: queued.
+/// - Success and informational codes: queued, unless `skip`.
+/// - Warnings (severity `10`, e.g. `STATUS_BUFFER_OVERFLOW`): queued, with
+///   `skip` too (skipping applies to success only).
+/// - Errors (severity `11`): nothing is queued.
+pub(crate) fn classify(status: NTSTATUS, skip: bool) -> Submitted {
+    if status == STATUS_PENDING {
+        Submitted::Queued
+    } else if nt_success(status) {
+        if skip {
+            Submitted::Inline
+        } else {
+            Submitted::Queued
+        }
+    } else if nt_error_severity(status) {
+        Submitted::Failed
+    } else {
+        Submitted::Queued
+    }
 }
 
 /// The `io::Error` for an NTSTATUS.
@@ -454,6 +509,196 @@ pub(crate) fn is_wine() -> bool {
     unsafe {
         let ntdll = GetModuleHandleA(c"ntdll.dll".as_ptr().cast());
         !ntdll.is_null() && GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()).is_some()
+    }
+}
+
+/// Whether `socket` names an open socket now. `getsockopt(SO_TYPE)` is
+/// answered from Winsock's own table of sockets: a closed handle fails with
+/// `WSAENOTSOCK` on Windows and under Wine (where `SIO_BASE_HANDLE` still
+/// succeeds on a closed handle). A handle value reused by a new socket passes:
+/// this checks that a socket is there, not which one.
+pub(crate) fn is_socket(socket: RawSocket) -> bool {
+    socket_type(socket).is_some()
+}
+
+fn socket_type(socket: RawSocket) -> Option<i32> {
+    let mut ty = 0i32;
+    let mut len = size_of::<i32>() as i32;
+    // SAFETY: `ty` and `len` are live locals of the sizes passed.
+    let r = unsafe {
+        getsockopt(
+            socket as SOCKET,
+            SOL_SOCKET,
+            SO_TYPE,
+            (&raw mut ty).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(ty)
+}
+
+/// Whether the sending side of the stream socket `socket` is shut down (by
+/// `shutdown(Write)` or `shutdown(Both)` in this process). AFD reports no
+/// event for a local shutdown, so this asks: a zero-length send on a stream
+/// socket transmits nothing and fails with `WSAESHUTDOWN` once sending is
+/// shut down. Datagram sockets are never probed (a zero-length send would
+/// send an empty datagram).
+pub(crate) fn send_shut_down(socket: RawSocket) -> bool {
+    if socket_type(socket) != Some(SOCK_STREAM) {
+        return false;
+    }
+    // SAFETY: a zero-length send reads no buffer (the pointer is null and
+    // the length 0) and writes nothing.
+    let r = unsafe { send(socket as SOCKET, null(), 0, 0) };
+    // SAFETY: reads this thread's last Winsock error.
+    r == SOCKET_ERROR && unsafe { WSAGetLastError() } == WSAESHUTDOWN
+}
+
+/// Whether `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` may be used: every
+/// installed TCP and UDP protocol provider is an IFS provider
+/// (`XP1_IFS_HANDLES`), so no layered provider completes requests in user
+/// mode behind the flag's back. Checked once per process, as the
+/// server-framework articles describe; false if the providers cannot be
+/// listed.
+pub(crate) fn skip_on_success_is_safe() -> bool {
+    static SAFE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SAFE.get_or_init(|| match providers_are_ifs() {
+        Ok(safe) => safe,
+        Err(e) => {
+            tracing::debug!(error = %e, "WSAEnumProtocolsW failed; not skipping the port");
+            false
+        }
+    })
+}
+
+fn providers_are_ifs() -> io::Result<bool> {
+    let protocols = [IPPROTO_TCP, IPPROTO_UDP, 0];
+    let mut len = 0u32;
+    // SAFETY: a null buffer with length 0 asks for the size needed; the
+    // protocol list is a live, zero-terminated array.
+    let r = unsafe { WSAEnumProtocolsW(protocols.as_ptr(), null_mut(), &mut len) };
+    if r != SOCKET_ERROR {
+        // No provider at all (r == 0): nothing can break the flag.
+        return Ok(true);
+    }
+    // SAFETY: reads this thread's last Winsock error.
+    let code = unsafe { WSAGetLastError() };
+    if code != WSAENOBUFS {
+        return Err(io::Error::from_raw_os_error(code));
+    }
+    let count = len as usize / size_of::<WSAPROTOCOL_INFOW>() + 1;
+    let mut buf = vec![WSAPROTOCOL_INFOW::default(); count];
+    let mut len = (buf.len() * size_of::<WSAPROTOCOL_INFOW>()) as u32;
+    // SAFETY: `buf` is a live, writable array of `len` bytes.
+    let n = unsafe { WSAEnumProtocolsW(protocols.as_ptr(), buf.as_mut_ptr(), &mut len) };
+    if n == SOCKET_ERROR {
+        // SAFETY: reads this thread's last Winsock error.
+        return Err(io::Error::from_raw_os_error(unsafe { WSAGetLastError() }));
+    }
+    let listed = &buf[..(n as usize).min(buf.len())];
+    Ok(listed
+        .iter()
+        .all(|p| p.dwServiceFlags1 & XP1_IFS_HANDLES != 0))
+}
+
+/// The completion notification modes of `handle`
+/// (`FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`, `FILE_SKIP_SET_EVENT_ON_HANDLE`),
+/// as set by anyone, through `FileIoCompletionNotificationInformation`.
+pub(crate) fn completion_modes(handle: HANDLE) -> io::Result<u32> {
+    let mut iosb = status_block();
+    let mut flags = 0u32;
+    // SAFETY: `iosb` and `flags` are live locals of the sizes passed; the
+    // query is synchronous.
+    let status = unsafe {
+        NtQueryInformationFile(
+            handle,
+            &mut iosb,
+            (&raw mut flags).cast(),
+            size_of::<u32>() as u32,
+            FileIoCompletionNotificationInformation,
+        )
+    };
+    if !nt_success(status) {
+        return Err(nt_error(status));
+    }
+    Ok(flags)
+}
+
+/// Whether `flags` (from [`completion_modes`]) skip the port on success.
+pub(crate) fn skips_port(flags: u32) -> bool {
+    flags & FILE_SKIP_COMPLETION_PORT_ON_SUCCESS as u32 != 0
+}
+
+/// The values of the handles this process holds, from the system handle
+/// table (`SystemExtendedHandleInformation`, filtered by process id).
+/// `GetProcessHandleCount` is no use for tests: Wine 8 answers 0.
+pub(crate) fn process_handles() -> io::Result<Vec<usize>> {
+    /// `SYSTEM_HANDLE_TABLE_ENTRY_INFO_EX`.
+    #[repr(C)]
+    struct Entry {
+        object: *mut c_void,
+        process_id: usize,
+        handle: usize,
+        access: u32,
+        backtrace: u16,
+        object_type: u16,
+        attributes: u32,
+        reserved: u32,
+    }
+    const SYSTEM_EXTENDED_HANDLE_INFORMATION: i32 = 64;
+    const STATUS_INFO_LENGTH_MISMATCH: NTSTATUS = 0xC000_0004_u32 as NTSTATUS;
+    let pid = std::process::id() as usize;
+    let mut buf: Vec<usize> = vec![0; 1 << 14];
+    loop {
+        let bytes = (buf.len() * size_of::<usize>()) as u32;
+        let mut needed = 0u32;
+        // SAFETY: `buf` is a live, writable, pointer-aligned buffer of
+        // `bytes` bytes; `needed` a live local.
+        let status = unsafe {
+            NtQuerySystemInformation(
+                SYSTEM_EXTENDED_HANDLE_INFORMATION,
+                buf.as_mut_ptr().cast(),
+                bytes,
+                &mut needed,
+            )
+        };
+        if status == STATUS_INFO_LENGTH_MISMATCH {
+            let words = (needed as usize).max(bytes as usize * 2) / size_of::<usize>() + 64;
+            buf.resize(words, 0);
+            continue;
+        }
+        if !nt_success(status) {
+            return Err(nt_error(status));
+        }
+        // Layout: a count, a reserved word, then the entries.
+        let count = buf[0];
+        let room = (buf.len() - 2) * size_of::<usize>() / size_of::<Entry>();
+        if count > room {
+            return Err(io::Error::other("handle table larger than its buffer"));
+        }
+        // SAFETY: the kernel wrote `count` entries after the two header
+        // words, within the buffer (checked above); `Entry` is plain data
+        // aligned to a word, as the buffer is.
+        let entries =
+            unsafe { std::slice::from_raw_parts(buf.as_ptr().add(2).cast::<Entry>(), count) };
+        return Ok(entries
+            .iter()
+            .filter(|e| e.process_id == pid)
+            .map(|e| e.handle)
+            .collect());
+    }
+}
+
+/// Whether this Windows has `ProcessSocketNotifications` (Windows 10 21H1
+/// and later): a socket-notification API that a future backend could use.
+pub(crate) fn process_socket_notifications_available() -> bool {
+    use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
+    // SAFETY: both take NUL-terminated static strings; ws2_32 is loaded by
+    // every process that made a socket, and the module handle is not freed.
+    unsafe {
+        let ws2 = GetModuleHandleA(c"ws2_32.dll".as_ptr().cast());
+        !ws2.is_null()
+            && GetProcAddress(ws2, c"ProcessSocketNotifications".as_ptr().cast()).is_some()
     }
 }
 

@@ -20,7 +20,10 @@ use windows_sys::Win32::System::IO::{IO_STATUS_BLOCK, OVERLAPPED_ENTRY};
 use super::*;
 
 /// Tests whose Windows fact Wine 8.0 does not reproduce, with what Wine does.
-const WINE_DIFFERENCES: &[(&str, &str)] = &[];
+const WINE_DIFFERENCES: &[(&str, &str)] = &[(
+    "base_handle_of_a_closed_socket_fails",
+    "SIO_BASE_HANDLE on a closed socket handle succeeds and returns the stale value",
+)];
 
 /// Long enough for anything that should happen; only reached on failure.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -200,9 +203,43 @@ fn names(events: u32) -> String {
 
 #[test]
 fn poll_info_has_the_drivers_layout() {
-    // LARGE_INTEGER, two ULONGs, then {HANDLE, ULONG, NTSTATUS}.
-    assert_eq!(size_of::<AfdPollHandleInfo>(), 16);
+    // LARGE_INTEGER, two ULONGs, then {HANDLE, ULONG, NTSTATUS}: 16 + 32 on
+    // 64-bit Windows, 12 + 32 (28 rounded up to the LARGE_INTEGER's
+    // alignment of 8) on 32-bit.
+    let handle = size_of::<HANDLE>();
+    assert_eq!(size_of::<AfdPollHandleInfo>(), handle + 8);
     assert_eq!(size_of::<AfdPollInfo>(), 32);
+    assert_eq!(std::mem::offset_of!(AfdPollInfo, handles), 16);
+}
+
+#[test]
+fn status_codes_are_classified_by_severity() {
+    use windows_sys::Win32::Foundation::{
+        STATUS_BUFFER_OVERFLOW, STATUS_CANCELLED, STATUS_INVALID_HANDLE, STATUS_SUCCESS,
+    };
+    // Pending: a packet comes, skipping or not.
+    assert_eq!(classify(STATUS_PENDING, false), Submitted::Queued);
+    assert_eq!(classify(STATUS_PENDING, true), Submitted::Queued);
+    // Success and informational codes: a packet unless the port is skipped.
+    assert_eq!(classify(STATUS_SUCCESS, false), Submitted::Queued);
+    assert_eq!(classify(STATUS_SUCCESS, true), Submitted::Inline);
+    assert_eq!(classify(0x4000_0000, true), Submitted::Inline);
+    // Warnings (severity 10) queue a packet even when success skips the port.
+    assert!(!nt_success(STATUS_BUFFER_OVERFLOW));
+    assert!(!nt_error_severity(STATUS_BUFFER_OVERFLOW));
+    assert_eq!(classify(STATUS_BUFFER_OVERFLOW, false), Submitted::Queued);
+    assert_eq!(classify(STATUS_BUFFER_OVERFLOW, true), Submitted::Queued);
+    assert_eq!(
+        classify(0xBFFF_FFFF_u32 as NTSTATUS, true),
+        Submitted::Queued
+    );
+    // Errors (severity 11) queue nothing.
+    assert_eq!(classify(STATUS_INVALID_HANDLE, false), Submitted::Failed);
+    assert_eq!(classify(STATUS_CANCELLED, true), Submitted::Failed);
+    assert_eq!(
+        classify(0xC000_0000_u32 as NTSTATUS, false),
+        Submitted::Failed
+    );
 }
 
 #[test]
@@ -503,4 +540,135 @@ fn direct_poll_on_the_base_handle_completes_through_its_port() {
     let other = CompletionPort::new().unwrap();
     let e = other.associate(base as HANDLE, 0).unwrap_err();
     assert!(is_already_associated(&e), "{e}");
+}
+
+/// Submits an exclusive poll for `events` on `handle` (the rig's AFD handle
+/// or a base handle associated with the rig's port).
+fn poll_exclusive(handle: HANDLE, socket: &impl AsRawSocket, events: u32) -> Poll {
+    let base = base_socket(socket.as_raw_socket()).expect("base handle");
+    let mem = Box::into_raw(Box::new((
+        status_block(),
+        AfdPollInfo::new(base, events, true),
+    )));
+    // SAFETY: `mem` is only reclaimed after its completion is dequeued.
+    let status = unsafe { poll(handle, &raw mut (*mem).1, &raw mut (*mem).0, mem.cast()) };
+    assert!(
+        nt_success(status),
+        "exclusive poll failed at once: {}",
+        nt_error(status)
+    );
+    Poll { mem, status }
+}
+
+#[test]
+fn an_exclusive_poll_completes_the_previous_exclusive_poll_at_once() {
+    for direct in [false, true] {
+        let (mut c, s) = pair();
+        let rig = Rig::new();
+        let handle = if direct {
+            let base = base_socket(s.as_raw_socket()).unwrap();
+            rig.port.associate(base as HANDLE, 0).unwrap();
+            base as HANDLE
+        } else {
+            rig.afd.raw()
+        };
+        let first = poll_exclusive(handle, &s, AFD_POLL_RECEIVE);
+        assert!(rig.quiet(), "direct={direct}: RECEIVE with no data");
+        let second = poll_exclusive(handle, &s, AFD_POLL_RECEIVE);
+        // The first comes back at once, reporting nothing; the second stays.
+        let done = rig
+            .complete(&first, PATIENCE)
+            .expect("the replaced exclusive poll never completed");
+        fact(
+            "an_exclusive_poll_completes_the_previous_exclusive_poll_at_once",
+            done.events == 0,
+            &format!("direct={direct}: replaced poll: {done:?}"),
+        );
+        assert!(
+            rig.quiet(),
+            "direct={direct}: the new poll completed without data"
+        );
+        c.write_all(b"x").unwrap();
+        let done = rig.complete(&second, PATIENCE).expect("no RECEIVE");
+        assert_eq!(
+            done.events,
+            AFD_POLL_RECEIVE,
+            "direct={direct}: {}",
+            names(done.events)
+        );
+    }
+}
+
+#[test]
+fn a_zero_length_send_tells_a_shut_down_sending_side() {
+    let (c, s) = pair();
+    assert!(!send_shut_down(c.as_raw_socket()), "an open socket");
+    c.shutdown(Shutdown::Write).unwrap();
+    fact(
+        "a_zero_length_send_tells_a_shut_down_sending_side",
+        send_shut_down(c.as_raw_socket()),
+        "zero-length send did not fail with WSAESHUTDOWN after shutdown(Write)",
+    );
+    // Shutting down receives only does not count, and UDP is never probed.
+    s.shutdown(Shutdown::Read).unwrap();
+    assert!(!send_shut_down(s.as_raw_socket()));
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert!(!send_shut_down(u.as_raw_socket()));
+}
+
+#[test]
+fn a_closed_handle_is_not_a_socket() {
+    let (_c, s) = pair();
+    let raw = s.as_raw_socket();
+    assert!(is_socket(raw));
+    drop(s);
+    fact(
+        "a_closed_handle_is_not_a_socket",
+        !is_socket(raw),
+        "getsockopt(SO_TYPE) succeeded on a closed handle",
+    );
+}
+
+#[test]
+fn base_handle_of_a_closed_socket_fails() {
+    let (_c, s) = pair();
+    let raw = s.as_raw_socket();
+    drop(s);
+    let result = base_socket(raw);
+    fact(
+        "base_handle_of_a_closed_socket_fails",
+        result.is_err(),
+        &format!("SIO_BASE_HANDLE on a closed handle: {result:?}"),
+    );
+}
+
+#[test]
+fn completion_modes_can_be_read_back() {
+    let rig = Rig::new();
+    let flags = completion_modes(rig.afd.raw()).expect("query completion modes");
+    assert_eq!(
+        flags & 0x2,
+        0x2,
+        "FILE_SKIP_SET_EVENT_ON_HANDLE was set: {flags:#x}"
+    );
+    assert!(!skips_port(flags));
+    let afd = Afd::open().unwrap();
+    rig.port.associate(afd.raw(), 0).unwrap();
+    set_completion_modes(afd.raw(), true).unwrap();
+    assert!(skips_port(completion_modes(afd.raw()).unwrap()));
+}
+
+#[test]
+fn the_process_handle_table_lists_our_handles() {
+    let extra = Afd::open().unwrap();
+    let value = extra.raw() as usize;
+    let during = process_handles().expect("list handles");
+    assert!(
+        during.contains(&value),
+        "{value:#x} not among {} handles",
+        during.len()
+    );
+    // (That it goes away again is checked where nothing runs in parallel:
+    // the handle-leak test, which has a binary of its own.)
+    drop(extra);
 }
