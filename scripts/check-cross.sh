@@ -23,7 +23,8 @@
 #   CROSS_TARGET_DIR   cargo target dir (default WORKSPACE_DIR/target/cross)
 #   CROSS_SKIP_APT=1   never try to apt-get install missing tools
 #
-# Installs rustc-web cargo-web rust-web-src rust-web-clippy with apt-get if
+# Installs rustc-web cargo-web rust-web-src rust-web-clippy (and MinGW's
+# binutils for i686-pc-windows-gnu) with apt-get if
 # /usr/bin/rustc is not 1.96 or a piece is missing. Prints one line per step
 # and a final `check-cross: N passed, M failed`; exits non-zero if any step
 # failed.
@@ -34,7 +35,7 @@ RUSTC_BIN=/usr/bin/rustc
 CARGO_BIN=/usr/bin/cargo
 CLIPPY_BIN=/usr/bin/cargo-clippy
 RUST_VERSION_WANTED=1.96
-APT_PACKAGES=(rustc-web cargo-web rust-web-src rust-web-clippy)
+APT_PACKAGES=(rustc-web cargo-web rust-web-src rust-web-clippy binutils-mingw-w64-i686)
 DEFAULT_TARGETS="x86_64-unknown-freebsd aarch64-apple-darwin x86_64-unknown-netbsd"
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
@@ -69,6 +70,10 @@ have_tools() {
     [[ -x "$RUSTC_BIN" && -x "$CARGO_BIN" ]] || return 1
     "$RUSTC_BIN" --version | grep -q "^rustc $RUST_VERSION_WANTED\." || return 1
     [[ -f "$("$RUSTC_BIN" --print sysroot)/lib/rustlib/src/rust/library/Cargo.lock" ]] || return 1
+    # std for 32-bit Windows links its import libraries with MinGW's dlltool.
+    if [[ " ${TARGETS[*]} " == *" i686-pc-windows-gnu "* ]]; then
+        command -v i686-w64-mingw32-dlltool >/dev/null || return 1
+    fi
     if [[ "$WANT_CLIPPY" != 0 ]]; then
         [[ -x "$CLIPPY_BIN" ]] || return 1
         "$CLIPPY_BIN" --version | grep -q "^clippy 0\.1\.${RUST_VERSION_WANTED#1.}\b" || return 1

@@ -129,6 +129,28 @@ kill_prefix_processes() {
     done
 }
 
+# Whether a wineserver of our prefix is running. It is started persistent
+# (`-p`) before the runs, so its absence after a binary means it died (seen
+# here: an assertion in server/fd.c under socket stress).
+wineserver_alive() {
+    local pid env comm
+    for env in /proc/[0-9]*/environ; do
+        pid=${env#/proc/}; pid=${pid%/environ}
+        comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
+        [[ $comm == wineserver* ]] || continue
+        if { tr '\0' '\n' <"$env"; } 2>/dev/null | grep -qxF "WINEPREFIX=$PREFIX"; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Starts the persistent server and its system processes for the runs.
+start_wineserver() {
+    "$WINESERVER_BIN" -p
+    "$WINE_BIN" cmd /c exit 9>&- </dev/null >>"$LOG_DIR/wineboot.log" 2>&1
+}
+
 cleanup() {
     local rc=$?
     if [[ -d "$PREFIX" ]]; then
@@ -282,8 +304,7 @@ fi
 # Keep one server and its system processes (services.exe, winedevice.exe, ...)
 # alive for all runs, started here with their stdio away from the tests' logs;
 # the EXIT trap kills them.
-"$WINESERVER_BIN" -p
-"$WINE_BIN" cmd /c exit 9>&- </dev/null >>"$LOG_DIR/wineboot.log" 2>&1 ||
+start_wineserver ||
     { cat "$LOG_DIR/wineboot.log" >&2; die "cannot start a Windows process in the prefix"; }
 T_PREFIX=$(($(now) - T0))
 log "prefix ready in ${T_PREFIX}s"
@@ -299,7 +320,7 @@ LIBTEST_ARGS+=("${LIBTEST_EXTRA[@]}")
 
 R_BACKEND=() R_LABEL=() R_PASS=() R_FAIL=() R_IGN=() R_STATUS=()
 FAILURES=()
-TOTAL_PASS=0 TOTAL_FAIL=0
+TOTAL_PASS=0 TOTAL_FAIL=0 WINESERVER_CRASHES=0
 
 describe_rc() {
     case "$1" in
@@ -343,8 +364,20 @@ run_one() { # backend index
             ign=$((ign + BASH_REMATCH[3]))
         fi
     done <"$logf"
-    local status
+    local status crashed=0
     status=$(describe_rc "$rc")
+    if ! wineserver_alive; then
+        # The server died under this binary: say so loudly, count it as a
+        # failure whatever the binary printed, and give the next binaries a
+        # fresh server.
+        crashed=1
+        log "WINESERVER CRASHED while running [$backend] $label (see $logf)"
+        echo "WINESERVER CRASHED while running [$backend] $label" >>"$logf"
+        kill_prefix_processes
+        start_wineserver || log "could not restart wineserver"
+        status="WINESERVER CRASHED; $status"
+        ((rc != 0)) || rc=1
+    fi
     if ((rc != 0)); then
         if ((seen == 0)); then
             if ((rc == 124 || rc == 137)); then status="$status, no libtest summary"
@@ -352,6 +385,7 @@ run_one() { # backend index
         fi
         # A crash, timeout or non-zero exit with no failed test still counts.
         ((fail > 0)) || fail=1
+        ((crashed == 0)) || WINESERVER_CRASHES=$((WINESERVER_CRASHES + 1))
         FAILURES+=("$backend $label: $status (log: $logf)")
     elif ((seen == 0)); then
         status="ok, no libtest summary (harness = false?)"
@@ -393,6 +427,9 @@ if ((${#FAILURES[@]})); then
     echo "failed binaries:"
     printf '  %s\n' "${FAILURES[@]}"
     echo
+fi
+if ((WINESERVER_CRASHES)); then
+    echo "WINESERVER CRASHED $WINESERVER_CRASHES time(s): see docs/WINDOWS.md (Wine's own failures)"
 fi
 echo "timings: build ${T_BUILD}s, prefix ${T_PREFIX}s, run ${T_RUN}s"
 echo "wine: $TOTAL_PASS passed, $TOTAL_FAIL failed"

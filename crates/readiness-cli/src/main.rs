@@ -40,6 +40,23 @@ fn probe() -> io::Result<()> {
     if readiness::os::windows::running_under_wine() {
         println!("running under Wine: its \\Device\\Afd is a reimplementation (docs/WINDOWS.md)");
     }
+    #[cfg(windows)]
+    {
+        use readiness::os::windows as win;
+        let skip = win::skip_completion_port_on_success_is_safe();
+        println!(
+            "FILE_SKIP_COMPLETION_PORT_ON_SUCCESS: {} (every TCP/UDP provider is an IFS provider: {skip})",
+            if skip { "on" } else { "off" }
+        );
+        println!(
+            "ProcessSocketNotifications: {}",
+            if win::process_socket_notifications_available() {
+                "present"
+            } else {
+                "absent"
+            }
+        );
+    }
     println!("default backend: {}", Backend::default_for_os());
     let mut failures = 0;
     for &backend in Backend::available() {

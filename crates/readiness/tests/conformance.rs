@@ -3,6 +3,9 @@
 
 mod util;
 
+#[path = "conformance/parity.rs"]
+mod parity;
+
 use std::io::{self, ErrorKind, Read};
 use std::net::{TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1178,7 +1178,7 @@ impl Driver for IocpPoller {
         };
         if closed {
             self.drain(&mut st);
-            if !st.slots.get(&socket).is_some_and(|s| s.reg.is_some()) {
+            if st.slots.get(&socket).is_none_or(|s| s.reg.is_none()) {
                 self.after_user_call(&st);
                 return Err(io::Error::from(io::ErrorKind::NotFound));
             }
@@ -1232,7 +1232,7 @@ impl Driver for IocpPoller {
         };
         if closed {
             self.drain(&mut st);
-            if !st.slots.get(&socket).is_some_and(|s| s.reg.is_some()) {
+            if st.slots.get(&socket).is_none_or(|s| s.reg.is_none()) {
                 self.after_user_call(&st);
                 return Err(io::Error::from(io::ErrorKind::NotFound));
             }

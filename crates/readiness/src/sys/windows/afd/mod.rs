@@ -94,6 +94,16 @@ pub(crate) struct AfdPollInfo {
     pub handles: [AfdPollHandleInfo; 1],
 }
 
+// The driver's layout, checked when the crate is built for any Windows
+// target (the cross check builds 64- and 32-bit): LARGE_INTEGER, two ULONGs,
+// then {HANDLE, ULONG, NTSTATUS}; 16 + 32 bytes on 64-bit, 12 + 32 (28
+// rounded up to the LARGE_INTEGER's alignment) on 32-bit.
+const _: () = {
+    assert!(size_of::<AfdPollHandleInfo>() == size_of::<HANDLE>() + 8);
+    assert!(size_of::<AfdPollInfo>() == 32);
+    assert!(std::mem::offset_of!(AfdPollInfo, handles) == 16);
+};
+
 impl AfdPollInfo {
     /// A request for `events` on the socket whose base handle is `base`.
     pub(crate) fn new(base: RawSocket, events: u32, exclusive: bool) -> AfdPollInfo {
@@ -626,7 +636,7 @@ pub(crate) fn completion_modes(handle: HANDLE) -> io::Result<u32> {
 
 /// Whether `flags` (from [`completion_modes`]) skip the port on success.
 pub(crate) fn skips_port(flags: u32) -> bool {
-    flags & FILE_SKIP_COMPLETION_PORT_ON_SUCCESS as u32 != 0
+    flags & FILE_SKIP_COMPLETION_PORT_ON_SUCCESS != 0
 }
 
 /// The values of the handles this process holds, from the system handle

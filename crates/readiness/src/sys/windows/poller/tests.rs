@@ -315,7 +315,7 @@ fn close_while_polling() {
 
 /// Creates sockets until one has the handle value `value` (bounded); the
 /// others are closed again.
-fn socket_with_value(value: u64) -> Option<Socket> {
+fn socket_with_value(value: std::os::windows::io::RawSocket) -> Option<Socket> {
     let mut held = Vec::new();
     for _ in 0..2000 {
         let s = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
@@ -409,5 +409,66 @@ fn direct_a_socket_whose_owner_skips_the_port() {
             "drop took {:?}",
             t.elapsed()
         );
+    }
+}
+
+/// Contention: threads adding, modifying and deleting while two threads
+/// wait. Prints calls per second for 1, 2 and 4 changing threads. A
+/// measurement, not a check: run by
+/// hand (`-- --ignored --nocapture contention`); figures in docs/BENCHMARKS.md.
+#[test]
+#[ignore]
+fn contention() {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    for backend in BACKENDS {
+        for threads in [1usize, 2, 4] {
+            let poller = Arc::new(Poller::with_backend(backend).unwrap());
+            let stop = Arc::new(AtomicBool::new(false));
+            let calls = Arc::new(AtomicU64::new(0));
+            let waiters: Vec<_> = (0..2)
+                .map(|_| {
+                    let (p, stop) = (Arc::clone(&poller), Arc::clone(&stop));
+                    std::thread::spawn(move || {
+                        let mut events = Events::new();
+                        while !stop.load(Ordering::Acquire) {
+                            p.wait(&mut events, Some(Duration::from_millis(5))).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            let start = Instant::now();
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (p, calls) = (Arc::clone(&poller), Arc::clone(&calls));
+                    std::thread::spawn(move || {
+                        let socks: Vec<_> = (0..8)
+                            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+                            .collect();
+                        let deadline = Instant::now() + Duration::from_secs(2);
+                        let mut n = 0u64;
+                        while Instant::now() < deadline {
+                            for (i, s) in socks.iter().enumerate() {
+                                let key = t * 100 + i;
+                                p.add(s, key, Interest::READABLE, Mode::Oneshot).unwrap();
+                                p.modify(s, key, Interest::BOTH, Mode::Oneshot).unwrap();
+                                p.delete(s).unwrap();
+                                n += 3;
+                            }
+                        }
+                        calls.fetch_add(n, Ordering::Relaxed);
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().unwrap();
+            }
+            let elapsed = start.elapsed();
+            stop.store(true, Ordering::Release);
+            for w in waiters {
+                w.join().unwrap();
+            }
+            let rate = calls.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
+            println!("CONTENTION {backend} {threads} changing threads: {rate:.0} calls/s");
+        }
     }
 }
