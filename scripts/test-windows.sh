@@ -375,11 +375,11 @@ run_one() { # backend index
         echo "WINESERVER CRASHED while running [$backend] $label" >>"$logf"
         kill_prefix_processes
         start_wineserver || log "could not restart wineserver"
-        status="WINESERVER CRASHED; $status"
+        status="WINESERVER CRASHED (the binary: $status)"
         ((rc != 0)) || rc=1
     fi
     if ((rc != 0)); then
-        if ((seen == 0)); then
+        if ((seen == 0 && crashed == 0)); then
             if ((rc == 124 || rc == 137)); then status="$status, no libtest summary"
             else status="$status, no libtest summary (crash?)"; fi
         fi
