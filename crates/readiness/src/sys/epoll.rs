@@ -194,7 +194,12 @@ impl Driver for Poller {
             if data == NOTIFY {
                 notified = true;
             } else if data & DISARMED == 0 {
-                list.push(Event::new(data as usize, decode(ev.flags)));
+                let flags = ev.flags; // a copy: the struct is packed on x86-64
+                list.push(Event::with_native(
+                    data as usize,
+                    decode(flags),
+                    flags.bits(),
+                ));
             }
         }
         if notified {

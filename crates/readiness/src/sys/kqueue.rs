@@ -271,6 +271,22 @@ fn decode(filter: Filter, ev: &libc::kevent) -> u8 {
     out
 }
 
+/// The native bits of an event of `filter`, as `Event::native` documents
+/// them: bits 0-15 the `flags`, bit 16 `EVFILT_READ`, bit 17
+/// `EVFILT_WRITE`, bits 24-31 the `fflags` capped at 255.
+fn native(filter: Filter, ev: &libc::kevent) -> u32 {
+    let filter_bit = match filter {
+        Filter::Read => 1 << 16,
+        Filter::Write => 1 << 17,
+    };
+    // `as u16`: `flags` is `u16` on most OSes, `u32` on NetBSD, whose flag
+    // values fit in 16 bits all the same.
+    #[allow(clippy::unnecessary_cast)]
+    let flags = u32::from(ev.flags as u16);
+    let fflags = (ev.fflags as u32).min(255);
+    flags | filter_bit | (fflags << 24)
+}
+
 /// A kernel timeout for `libc::kevent`, from the one [`timespec`] computes.
 fn c_timespec(ts: &Timespec) -> libc::timespec {
     // `timespec` caps a wait at `i32::MAX` milliseconds, so the seconds fit
@@ -696,7 +712,11 @@ impl Driver for Poller {
                     _ => continue,
                 }
             }
-            list.push(Event::new(data & !SHARED_ONESHOT, decode(filter, ev)));
+            list.push(Event::with_native(
+                data & !SHARED_ONESHOT,
+                decode(filter, ev),
+                native(filter, ev),
+            ));
         }
         if let Some((registry, disable)) = shared {
             // Still under the registry lock, so a concurrent `modify` cannot

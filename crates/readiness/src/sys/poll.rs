@@ -326,7 +326,12 @@ impl Driver for Poller {
             if flags == 0 {
                 continue;
             }
-            events.push(Event::new(entry.key, flags));
+            // The native bits: `revents`, zero-extended from its C `short`.
+            events.push(Event::with_native(
+                entry.key,
+                flags,
+                u32::from(pfd.revents as u16),
+            ));
             if entry.mode.is_oneshot() {
                 entry.interest = Interest::NONE;
                 state.pollfds[slot] = pollfd(-1, 0);
