@@ -801,6 +801,55 @@ fn short_timeout_returns_nothing_after_the_timeout() {
     }
 }
 
+/// Whether the backend keeps timeouts finer than a millisecond (the
+/// granularity table in docs/ARCHITECTURE.md): epoll and kqueue do; poll(2)
+/// and Windows round up to whole milliseconds.
+fn keeps_sub_millisecond_timeouts(backend: Backend) -> bool {
+    matches!(backend, Backend::Epoll | Backend::Kqueue)
+}
+
+/// The shortest of many short waits, as polling's precision tests measure
+/// it: on a busy machine most waits overshoot, but some come close. The
+/// slack is generous (9x); a backend that rounds 100 µs up to 1 ms fails.
+#[test]
+fn sub_millisecond_timeouts_are_kept_where_promised() {
+    let poller = poller();
+    let mut events = Events::new();
+    let (_client, server) = tcp_pair();
+    poller
+        .add(&server, 1, Interest::READABLE, Mode::Oneshot)
+        .unwrap();
+    let timeout = Duration::from_micros(100);
+    let mut shortest = (Duration::MAX, Duration::MAX);
+    for _ in 0..100 {
+        let start = Instant::now();
+        assert_eq!(poller.wait(&mut events, Some(timeout)).unwrap(), 0);
+        let elapsed = start.elapsed();
+        assert!(elapsed >= timeout, "returned after {elapsed:?}");
+        shortest.0 = shortest.0.min(elapsed);
+
+        let start = Instant::now();
+        let deadline = start + timeout;
+        assert_eq!(
+            poller.wait_deadline(&mut events, Some(deadline)).unwrap(),
+            0
+        );
+        assert!(Instant::now() >= deadline);
+        shortest.1 = shortest.1.min(start.elapsed());
+    }
+    if keeps_sub_millisecond_timeouts(poller.backend()) {
+        let limit = Duration::from_micros(900);
+        assert!(
+            shortest.0 < limit && shortest.1 < limit,
+            "{}: the shortest of 100 waits of {timeout:?} took {:?} (timeout) \
+             and {:?} (deadline)",
+            poller.backend(),
+            shortest.0,
+            shortest.1
+        );
+    }
+}
+
 #[test]
 fn deadline_in_the_past_returns_at_once() {
     let poller = poller();

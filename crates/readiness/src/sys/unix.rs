@@ -14,7 +14,7 @@ pub(crate) fn source(source: &(impl crate::AsSource + ?Sized)) -> Source<'_> {
 
 /// The longest single kernel wait: `epoll_wait` and `poll` take milliseconds
 /// in a C `int`. Longer waits are split by the portable loop in `lib.rs`.
-const MAX_WAIT: Duration = Duration::from_millis(i32::MAX as u64);
+pub(crate) const MAX_WAIT: Duration = Duration::from_millis(i32::MAX as u64);
 
 /// A kernel timeout for `timeout`: `None` blocks forever, and anything longer
 /// than a C `int` of milliseconds is cut to that.
