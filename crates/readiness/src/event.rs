@@ -196,6 +196,22 @@ impl Event {
         Event { key, native, flags }
     }
 
+    /// This event with `flags` and `native` bits added (kqueue merges the
+    /// events of a oneshot registration's two filters).
+    #[cfg_attr(
+        not(any(
+            target_vendor = "apple",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "openbsd",
+            target_os = "dragonfly"
+        )),
+        allow(dead_code)
+    )]
+    pub(crate) const fn merged(self, flags: u8, native: u32) -> Event {
+        Event::with_native(self.key, self.flags | flags, self.native | native)
+    }
+
     /// An event for `key` with no flag set. With the `with_*` methods, builds
     /// the event a test expects.
     pub const fn none(key: usize) -> Event {
