@@ -35,6 +35,8 @@ set -euo pipefail
 # also run with READINESS_TEST_BACKEND=direct.  Add net-layer tests here later.
 DIRECT_BACKEND_BINARIES=(
     'conformance*'
+    'reuse*'
+    'model*'
 )
 # Every binary runs with this backend.
 DEFAULT_BACKEND=afd

@@ -141,21 +141,156 @@ pub(crate) mod flag {
 /// A readiness event: the key a source was registered with and what happened.
 ///
 /// The mapping from each backend's native bits to these flags is documented
-/// in `docs/ARCHITECTURE.md` (the event-mapping table).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// in `docs/ARCHITECTURE.md` (the event-mapping table); [`native`](Self::native)
+/// gives the bits themselves, for diagnostics.
+///
+/// Two events are equal when their keys and flags are: the native bits are
+/// not compared (nor hashed), so an event built with the constructors equals
+/// the one a backend reports:
+///
+/// ```
+/// use readiness::Event;
+///
+/// let expected = Event::readable(7).with_read_closed(true);
+/// assert!(expected.is_readable() && expected.is_read_closed());
+/// assert!(!expected.is_writable());
+/// assert_eq!(expected, Event::none(7).with_readable(true).with_read_closed(true));
+/// assert_ne!(expected, Event::readable(7));
+/// assert_ne!(expected, Event::readable(8).with_read_closed(true));
+/// ```
+#[derive(Clone, Copy)]
 pub struct Event {
     key: usize,
+    native: u32,
     flags: u8,
 }
 
+// Sixteen bytes on 64-bit targets: the native bits fit in what was padding.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Event>() == 16);
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Event) -> bool {
+        self.key == other.key && self.flags == other.flags
+    }
+}
+
+impl Eq for Event {}
+
+impl std::hash::Hash for Event {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+        self.flags.hash(state);
+    }
+}
+
 impl Event {
+    /// An event with these flags and no native bits (backends without them).
     pub(crate) const fn new(key: usize, flags: u8) -> Event {
-        Event { key, flags }
+        Event::with_native(key, flags, 0)
+    }
+
+    /// An event with these flags and the native bits they were decoded from.
+    #[cfg_attr(windows, allow(dead_code))]
+    pub(crate) const fn with_native(key: usize, flags: u8, native: u32) -> Event {
+        Event { key, native, flags }
+    }
+
+    /// This event with `flags` and `native` bits added (kqueue merges the
+    /// events of a oneshot registration's two filters).
+    #[cfg_attr(
+        not(any(
+            target_vendor = "apple",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "openbsd",
+            target_os = "dragonfly"
+        )),
+        allow(dead_code)
+    )]
+    pub(crate) const fn merged(self, flags: u8, native: u32) -> Event {
+        Event::with_native(self.key, self.flags | flags, self.native | native)
+    }
+
+    /// An event for `key` with no flag set. With the `with_*` methods, builds
+    /// the event a test expects.
+    pub const fn none(key: usize) -> Event {
+        Event::new(key, 0)
+    }
+    /// An event for `key` with only readable set.
+    pub const fn readable(key: usize) -> Event {
+        Event::new(key, flag::READABLE)
+    }
+    /// An event for `key` with only writable set.
+    pub const fn writable(key: usize) -> Event {
+        Event::new(key, flag::WRITABLE)
+    }
+
+    const fn with_flag(mut self, bit: u8, on: bool) -> Event {
+        if on {
+            self.flags |= bit;
+        } else {
+            self.flags &= !bit;
+        }
+        self
+    }
+    /// This event with readable set (`true`) or cleared (`false`).
+    #[must_use]
+    pub const fn with_readable(self, on: bool) -> Event {
+        self.with_flag(flag::READABLE, on)
+    }
+    /// This event with writable set or cleared.
+    #[must_use]
+    pub const fn with_writable(self, on: bool) -> Event {
+        self.with_flag(flag::WRITABLE, on)
+    }
+    /// This event with priority set or cleared.
+    #[must_use]
+    pub const fn with_priority(self, on: bool) -> Event {
+        self.with_flag(flag::PRIORITY, on)
+    }
+    /// This event with read-closed set or cleared.
+    #[must_use]
+    pub const fn with_read_closed(self, on: bool) -> Event {
+        self.with_flag(flag::READ_CLOSED, on)
+    }
+    /// This event with write-closed set or cleared.
+    #[must_use]
+    pub const fn with_write_closed(self, on: bool) -> Event {
+        self.with_flag(flag::WRITE_CLOSED, on)
+    }
+    /// This event with error set or cleared.
+    #[must_use]
+    pub const fn with_error(self, on: bool) -> Event {
+        self.with_flag(flag::ERROR, on)
     }
 
     /// The key the source was registered with.
     pub const fn key(&self) -> usize {
         self.key
+    }
+
+    /// The bits the OS reported, for diagnostics (`readiness explore`). What
+    /// they are depends on the backend:
+    ///
+    /// - `Epoll`: the `events` field of the `epoll_event` (`EPOLLIN`,
+    ///   `EPOLLOUT`, `EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`, ...).
+    /// - `Poll`: the `revents` of the `pollfd`, zero-extended from its C
+    ///   `short` (`POLLIN`, `POLLOUT`, `POLLHUP`, ...).
+    /// - `Kqueue`: one or two `kevent`s packed: bits 0-15 the `flags`
+    ///   (`EV_EOF`, `EV_ERROR`, ... truncated to 16 bits), bit 16 set for an
+    ///   `EVFILT_READ` event, bit 17 for an `EVFILT_WRITE` event, bits 24-31
+    ///   the `fflags` (the socket error with `EV_EOF`), capped at 255. When
+    ///   both filters of a oneshot registration fire in one wait they become
+    ///   one event and their bits are OR-ed.
+    /// - `Afd`, `AfdDirect`: the `AFD_POLL_*` events of the completed poll
+    ///   (`RECEIVE` 0x1, `RECEIVE_EXPEDITED` 0x2, `SEND` 0x4, `DISCONNECT`
+    ///   0x8, `ABORT` 0x10, `CONNECT_FAIL` 0x100, ...); for an error event of
+    ///   a poll that failed, its `NTSTATUS`.
+    ///
+    /// An event built with the constructors has 0. Not compared by `==`.
+    pub const fn native(&self) -> u32 {
+        self.native
     }
     /// Data can be read, or a connection accepted.
     pub const fn is_readable(&self) -> bool {
@@ -203,6 +338,9 @@ impl fmt::Debug for Event {
                 s.field(name, &true);
             }
         }
+        if self.native != 0 {
+            s.field("native", &format_args!("{:#x}", self.native));
+        }
         s.finish()
     }
 }
@@ -215,25 +353,55 @@ pub struct Events {
     pub(crate) list: Vec<Event>,
     pub(crate) capacity: usize,
     pub(crate) sys: crate::sys::RawEvents,
+    /// The last wait consumed a notification.
+    pub(crate) notified: bool,
 }
 
 impl Events {
     /// The default capacity of [`Events::new`].
     pub const DEFAULT_CAPACITY: usize = 1024;
 
+    /// The largest capacity: [`with_capacity`](Self::with_capacity) clamps
+    /// to it. 65,536 events a wait.
+    ///
+    /// Every backend's kernel call takes the count in a 32-bit integer
+    /// (`epoll_wait`'s `int`, which Linux caps at `INT_MAX` over the entry
+    /// size; `kevent`'s `int`; `GetQueuedCompletionStatusEx`'s `ULONG`), and
+    /// the buffer is allocated in full up front: at this capacity about
+    /// 1.75 MiB on x86-64 Linux (16 bytes an [`Event`] plus 12 an
+    /// `epoll_event`) and 3 MiB on 64-bit Windows (plus 32 an
+    /// `OVERLAPPED_ENTRY`). Events beyond the capacity are not lost: they
+    /// stay queued for the next wait.
+    pub const MAX_CAPACITY: usize = 1 << 16;
+
     /// A buffer for up to [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY) events a wait.
     pub fn new() -> Events {
         Events::with_capacity(Self::DEFAULT_CAPACITY)
     }
 
-    /// A buffer for up to `capacity` events a wait (at least one).
+    /// A buffer for up to `capacity` events a wait, clamped to at least one
+    /// and at most [`MAX_CAPACITY`](Self::MAX_CAPACITY).
     pub fn with_capacity(capacity: usize) -> Events {
-        let capacity = capacity.max(1);
+        let capacity = capacity.clamp(1, Self::MAX_CAPACITY);
         Events {
             list: Vec::with_capacity(capacity),
             capacity,
             sys: crate::sys::RawEvents::with_capacity(capacity),
+            notified: false,
         }
+    }
+
+    /// Whether the last wait consumed a [`notify`](crate::Poller::notify).
+    ///
+    /// `false` after a wait that timed out, and after a wait that returned
+    /// events without consuming a notification. A wait that finds both a
+    /// notification and ready sources may return the events with this
+    /// `true`, or return them with this `false` and leave the notification
+    /// pending, so that the next wait returns at once with this `true`: a
+    /// notification is never lost. Several notifications before a wait are
+    /// one. Cleared by [`clear`](Self::clear) and at the start of every wait.
+    pub fn is_notified(&self) -> bool {
+        self.notified
     }
 
     /// The events of the last wait.
@@ -252,9 +420,10 @@ impl Events {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
-    /// Forgets the stored events.
+    /// Forgets the stored events and the notification flag.
     pub fn clear(&mut self) {
         self.list.clear();
+        self.notified = false;
     }
     /// Room left in this wait.
     #[cfg_attr(windows, allow(dead_code))]
@@ -277,7 +446,11 @@ impl Default for Events {
 
 impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.list.iter()).finish()
+        f.debug_list().entries(self.list.iter()).finish()?;
+        if self.notified {
+            f.write_str(" (notified)")?;
+        }
+        Ok(())
     }
 }
 

@@ -245,8 +245,9 @@ impl Poller {
     /// called, or `timeout` passes (`None`: no limit; zero: just look).
     ///
     /// Clears `events`, fills it and returns how many events it holds. A
-    /// return with no events means the timeout passed or a notification came.
-    /// Interrupted system calls are retried.
+    /// return with no events means the timeout passed or a notification came;
+    /// [`Events::is_notified`] tells which. Interrupted system calls are
+    /// retried.
     #[inline]
     pub fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -278,7 +279,10 @@ impl Poller {
         events.clear();
         loop {
             match self.driver.wait(events, timeout) {
-                Ok(woken) if woken || !events.is_empty() => return Ok(events.len()),
+                Ok(woken) if woken || !events.is_empty() => {
+                    events.notified = woken;
+                    return Ok(events.len());
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

@@ -7,17 +7,32 @@
 //! `NONE` is armed as `EPOLLONESHOT` with no events and its data tagged with
 //! [`DISARMED`]: the kernel can still report a hang-up or error for it once,
 //! which the wait below swallows.
+//!
+//! # Timeouts
+//!
+//! `epoll_wait` takes whole milliseconds. A timeout that is a whole number
+//! of milliseconds (or none) goes there, as before. Any other (a
+//! sub-millisecond one, or what is left of a deadline) goes to
+//! `epoll_pwait2` (Linux 5.11), which takes a `timespec`. Where that system
+//! call is missing (`ENOSYS`, or `EPERM` from a seccomp filter that does not
+//! know it), the first such wait notes it once for the process, and from
+//! then on such waits `ppoll` the epoll descriptor itself with the precise
+//! timeout (it turns readable when a wait would return events) and then
+//! collect the events with a zero-timeout `epoll_wait`: two system calls,
+//! no shared state, so concurrent waits need nothing more. rustix 1.1's
+//! `epoll::wait` uses `epoll_pwait2` only with its `linux_5_11` feature,
+//! which then fails on older kernels, hence the raw call here.
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rustix::event::{EventfdFlags, epoll};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, epoll};
 
 use super::Driver;
-use super::unix::{Source, drain, timespec};
+use super::unix::{MAX_WAIT, Source, drain, timespec};
 use crate::event::flag;
 use crate::{Backend, Builder, Event, Events, Interest, Mode};
 
@@ -99,6 +114,118 @@ impl Poller {
         }
         Ok(())
     }
+}
+
+/// `epoll_pwait2` failed with `ENOSYS` or `EPERM` once: this process uses
+/// the `ppoll` fallback for precise timeouts (see the module documentation).
+static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
+
+/// The kernel's `struct __kernel_timespec`: 64-bit fields on every
+/// architecture, unlike `libc::timespec` on 32-bit ones.
+#[repr(C)]
+struct KernelTimespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+// The buffer handed to the raw system call is rustix's `epoll::Event`, which
+// is the kernel's `struct epoll_event` (packed on x86-64).
+const _: () = assert!(size_of::<epoll::Event>() == size_of::<libc::epoll_event>());
+const _: () = assert!(align_of::<epoll::Event>() == align_of::<libc::epoll_event>());
+
+impl Poller {
+    /// A wait with a timeout that is not whole milliseconds (and below
+    /// [`MAX_WAIT`]), kept to the nanosecond the kernel's timers allow.
+    fn wait_precise<'a>(
+        &self,
+        buf: &'a mut [MaybeUninit<epoll::Event>],
+        timeout: Duration,
+    ) -> io::Result<&'a [epoll::Event]> {
+        if !NO_PWAIT2.load(Ordering::Relaxed) {
+            match epoll_pwait2(self.epoll.as_fd(), buf, timeout) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                    NO_PWAIT2.store(true, Ordering::Relaxed);
+                }
+                // `buf` is borrowed again below only when this returned.
+                Ok(n) => return Ok(initialized(buf, n)),
+                Err(e) => return Err(e),
+            }
+        }
+        self.wait_ppoll(buf, timeout)
+    }
+
+    /// The fallback where `epoll_pwait2` is missing: `ppoll` on the epoll
+    /// descriptor with the precise timeout, then a zero-timeout look.
+    fn wait_ppoll<'a>(
+        &self,
+        buf: &'a mut [MaybeUninit<epoll::Event>],
+        timeout: Duration,
+    ) -> io::Result<&'a [epoll::Event]> {
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let mut fds = [PollFd::new(&self.epoll, PollFlags::IN)];
+        if rustix::event::poll(&mut fds, Some(&ts))? == 0 {
+            return Ok(&[]);
+        }
+        // Another waiter may take the events first: then this returns none,
+        // early, and the portable loop waits again.
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        Ok(epoll::wait(&self.epoll, buf, Some(&zero))?.0)
+    }
+}
+
+/// `epoll_pwait2(epfd, buf, buf.len(), timeout, NULL)`: how many entries of
+/// `buf` the kernel filled, or the error (`ENOSYS` before Linux 5.11).
+fn epoll_pwait2(
+    epoll: BorrowedFd<'_>,
+    buf: &mut [MaybeUninit<epoll::Event>],
+    timeout: Duration,
+) -> io::Result<usize> {
+    let ts = KernelTimespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    // `Events` holds at most `Events::MAX_CAPACITY` entries, far below
+    // `INT_MAX`; the cap only keeps the conversion total.
+    let max = buf.len().min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: `epoll_pwait2` takes the epoll descriptor (open: borrowed for
+    // the call), a buffer of `max` writable `struct epoll_event`s (`buf` is
+    // at least that long, `MaybeUninit<epoll::Event>` has the same layout as
+    // `epoll::Event`, which has that of `struct epoll_event`, checked above),
+    // a pointer to a `struct __kernel_timespec` (`ts` lives across the call),
+    // a null signal mask (none: the signal mask is left alone) and the mask
+    // size, ignored with a null mask. The kernel writes at most `max`
+    // entries and reads nothing else of ours.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_pwait2,
+            epoll.as_raw_fd(),
+            buf.as_mut_ptr().cast::<libc::epoll_event>(),
+            max,
+            &raw const ts,
+            std::ptr::null::<libc::sigset_t>(),
+            0usize,
+        )
+    };
+    if n < 0 {
+        // Taken at once: nothing has run since the call to overwrite errno.
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// The first `n` entries of `buf`, which the kernel has just filled.
+fn initialized(buf: &mut [MaybeUninit<epoll::Event>], n: usize) -> &[epoll::Event] {
+    let n = n.min(buf.len());
+    // SAFETY: the kernel wrote `n` (at most `buf.len()`) complete entries at
+    // the start of `buf`, so they are initialised; `MaybeUninit<T>` has the
+    // layout of `T`; the returned slice keeps `buf` mutably borrowed.
+    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<epoll::Event>(), n) }
 }
 
 #[inline]
@@ -183,18 +310,31 @@ impl Driver for Poller {
     #[inline]
     fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<bool> {
         let room = events.remaining();
-        let ts = timespec(timeout);
         // Borrow the raw buffer and the event list separately: no copy, no
         // allocation on this path.
         let Events { list, sys, .. } = events;
-        let (ready, _) = epoll::wait(&self.epoll, &mut sys.0[..room], ts.as_ref())?;
+        let buf = &mut sys.0[..room];
+        let ready: &[epoll::Event] = match timeout {
+            Some(t) if t.subsec_nanos() % 1_000_000 != 0 && t < MAX_WAIT => {
+                self.wait_precise(buf, t)?
+            }
+            _ => {
+                let ts = timespec(timeout);
+                epoll::wait(&self.epoll, buf, ts.as_ref())?.0
+            }
+        };
         let mut notified = false;
         for ev in ready.iter() {
             let data = ev.data.u64();
             if data == NOTIFY {
                 notified = true;
             } else if data & DISARMED == 0 {
-                list.push(Event::new(data as usize, decode(ev.flags)));
+                let flags = ev.flags; // a copy: the struct is packed on x86-64
+                list.push(Event::with_native(
+                    data as usize,
+                    decode(flags),
+                    flags.bits(),
+                ));
             }
         }
         if notified {
@@ -222,5 +362,88 @@ impl Driver for Poller {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The precise-timeout paths, each on its own: the conformance suite
+    //! only reaches the one this kernel takes (`epoll_pwait2` from 5.11).
+
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+
+    use super::*;
+
+    type Path = fn(&Poller, &mut [MaybeUninit<epoll::Event>], Duration) -> io::Result<usize>;
+
+    fn via_pwait2(
+        p: &Poller,
+        buf: &mut [MaybeUninit<epoll::Event>],
+        t: Duration,
+    ) -> io::Result<usize> {
+        epoll_pwait2(p.epoll.as_fd(), buf, t)
+    }
+
+    fn via_ppoll(
+        p: &Poller,
+        buf: &mut [MaybeUninit<epoll::Event>],
+        t: Duration,
+    ) -> io::Result<usize> {
+        p.wait_ppoll(buf, t).map(<[_]>::len)
+    }
+
+    fn check(path: Path) {
+        let poller = Poller::new(&Builder::new()).unwrap();
+        let mut buf = RawEvents::with_capacity(8);
+        // Times out after the timeout, and (the shortest of 100) well
+        // before a millisecond.
+        let timeout = Duration::from_micros(100);
+        let mut shortest = Duration::MAX;
+        for _ in 0..100 {
+            let start = Instant::now();
+            assert_eq!(path(&poller, &mut buf.0, timeout).unwrap(), 0);
+            let elapsed = start.elapsed();
+            assert!(elapsed >= timeout, "{elapsed:?}");
+            shortest = shortest.min(elapsed);
+        }
+        assert!(shortest < Duration::from_micros(900), "{shortest:?}");
+
+        // Reports a ready source, and a notification.
+        let (mut a, b) = UnixStream::pair().unwrap();
+        poller
+            .add(b.as_fd(), 5, Interest::READABLE, Mode::Oneshot)
+            .unwrap();
+        a.write_all(b"x").unwrap();
+        poller.notify().unwrap();
+        let mut data = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while data.len() < 2 && Instant::now() < deadline {
+            let n = path(&poller, &mut buf.0, Duration::from_micros(1500)).unwrap();
+            data.extend(initialized(&mut buf.0, n).iter().map(|e| e.data.u64()));
+        }
+        data.sort_unstable();
+        assert_eq!(data, [5, NOTIFY]);
+    }
+
+    #[test]
+    fn epoll_pwait2_keeps_sub_millisecond_timeouts() {
+        let poller = Poller::new(&Builder::new()).unwrap();
+        let mut buf = RawEvents::with_capacity(1);
+        match epoll_pwait2(poller.epoll.as_fd(), &mut buf.0, Duration::ZERO) {
+            Ok(0) => check(via_pwait2),
+            Ok(n) => panic!("{n} events from an empty epoll set"),
+            // A kernel before 5.11 (or a seccomp filter): the fallback.
+            Err(e) => {
+                assert!(matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)));
+                eprintln!("epoll_pwait2 is not available here: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn ppoll_fallback_keeps_sub_millisecond_timeouts() {
+        check(via_ppoll);
     }
 }

@@ -18,9 +18,11 @@
 //! kernel can still tell whether the descriptor is registered (see below).
 //! With both filters, each knote disarms only itself; `udata` then carries
 //! the [`SHARED_ONESHOT`] tag and the wait consults the registry: the first
-//! event since arming is reported and disables the other knote, any later
-//! one (the other filter in the same batch, or in a concurrent wait) is
-//! dropped. A registration is thus reported at most once until `modify`.
+//! event since arming is reported and disables the other knote; the other
+//! filter's event in the same batch (both were ready when `kevent` looked)
+//! is merged into it, so that one event carries readable and writable; any
+//! later one (in a later wait, or a concurrent one) is dropped. A
+//! registration is thus reported at most once until `modify`.
 //!
 //! The kernel does not update the flags (`EV_CLEAR`, `EV_DISPATCH`) of a
 //! knote that exists, so `modify` deletes the old knotes and adds the new
@@ -61,7 +63,9 @@
 //! | `EVFILT_WRITE` + `EV_EOF`, `fflags` ≠ 0  | writable, read-closed, write-closed, error   |
 //! | `EV_ERROR` (either filter)               | the filter's readable/writable, error        |
 //!
-//! The two filters of a source come back as two events with the same key.
+//! The two filters of a source come back as two events with the same key,
+//! except for a oneshot registration, whose two events of one batch are
+//! merged into one (see above).
 //! With `EV_EOF`, a socket's knote carries the socket's pending error
 //! (`so_error`: `ECONNRESET`, `ECONNREFUSED`, `ETIMEDOUT`, ...) in `fflags`,
 //! 0 for an orderly shutdown. A non-zero one means the connection is dead
@@ -204,6 +208,15 @@ impl Entry {
 
 type Registry = HashMap<RawFd, Entry>;
 
+/// What a wait holds once it meets a [`SHARED_ONESHOT`] event.
+struct Shared<'a> {
+    registry: MutexGuard<'a, Registry>,
+    /// The other knotes of the registrations reported, to disable.
+    disable: Vec<kqueue::Event>,
+    /// Descriptor → index in the wait's event list of its event.
+    reported: HashMap<RawFd, usize>,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update of the registry is a single insert or remove after the
     // kernel call; a panic cannot leave it half-written. Keep serving.
@@ -271,6 +284,22 @@ fn decode(filter: Filter, ev: &libc::kevent) -> u8 {
     out
 }
 
+/// The native bits of an event of `filter`, as `Event::native` documents
+/// them: bits 0-15 the `flags`, bit 16 `EVFILT_READ`, bit 17
+/// `EVFILT_WRITE`, bits 24-31 the `fflags` capped at 255.
+fn native(filter: Filter, ev: &libc::kevent) -> u32 {
+    let filter_bit = match filter {
+        Filter::Read => 1 << 16,
+        Filter::Write => 1 << 17,
+    };
+    // `as u16`: `flags` is `u16` on most OSes, `u32` on NetBSD, whose flag
+    // values fit in 16 bits all the same.
+    #[allow(clippy::unnecessary_cast)]
+    let flags = u32::from(ev.flags as u16);
+    let fflags = ev.fflags.min(255);
+    flags | filter_bit | (fflags << 24)
+}
+
 /// A kernel timeout for `libc::kevent`, from the one [`timespec`] computes.
 fn c_timespec(ts: &Timespec) -> libc::timespec {
     // `timespec` caps a wait at `i32::MAX` milliseconds, so the seconds fit
@@ -328,8 +357,7 @@ pub(crate) struct Poller {
 
 impl Poller {
     pub(crate) fn new(_: &Builder) -> io::Result<Poller> {
-        let kqueue = kqueue::kqueue()?;
-        rustix::io::fcntl_setfd(&kqueue, rustix::io::FdFlags::CLOEXEC)?;
+        let kqueue = new_kqueue()?;
         let poller = Poller {
             kqueue,
             registry: Mutex::new(HashMap::new()),
@@ -515,6 +543,34 @@ impl Poller {
     }
 }
 
+/// A close-on-exec kqueue. NetBSD has `kqueue1(O_CLOEXEC)`, which sets the
+/// flag atomically (rustix 1.1 has no wrapper; libc 0.2 declares it for
+/// NetBSD only). Elsewhere the flag is set after `kqueue()`. That leaves no
+/// window where fork does not copy kqueue descriptors into the child:
+/// FreeBSD's fork(2) says so, and OpenBSD's regression tests check it. On
+/// the other kqueue OSes (Apple, DragonFly) this was not checked here.
+fn new_kqueue() -> io::Result<OwnedFd> {
+    #[cfg(target_os = "netbsd")]
+    {
+        use std::os::fd::FromRawFd;
+        // SAFETY: `kqueue1` takes only flags and returns a new descriptor
+        // or -1.
+        let fd = unsafe { libc::kqueue1(libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by the kernel, open, and owned by
+        // nothing else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+    #[cfg(not(target_os = "netbsd"))]
+    {
+        let kqueue = kqueue::kqueue()?;
+        rustix::io::fcntl_setfd(&kqueue, rustix::io::FdFlags::CLOEXEC)?;
+        Ok(kqueue)
+    }
+}
+
 fn not_found() -> io::Error {
     io::Error::from(io::ErrorKind::NotFound)
 }
@@ -668,9 +724,10 @@ impl Driver for Poller {
         let ready = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<libc::kevent>(), n) };
 
         let mut notified = false;
-        // Taken on the first shared-oneshot event: the registry, and the
-        // other knotes to disable.
-        let mut shared: Option<(MutexGuard<'_, Registry>, Vec<kqueue::Event>)> = None;
+        // Taken on the first shared-oneshot event: the registry, the other
+        // knotes to disable, and where in `list` this batch reported each
+        // descriptor (to merge the other filter's event into it).
+        let mut shared: Option<Shared<'_>> = None;
         for ev in ready {
             let data = ev.udata.addr();
             if data == NOTIFY {
@@ -685,20 +742,42 @@ impl Driver for Poller {
             // The ident of a read or write knote is the descriptor it watches.
             let fd = ev.ident as RawFd;
             if data & SHARED_ONESHOT != 0 {
-                let (registry, disable) =
-                    shared.get_or_insert_with(|| (lock(&self.registry), Vec::new()));
+                let Shared {
+                    registry,
+                    disable,
+                    reported,
+                } = shared.get_or_insert_with(|| Shared {
+                    registry: lock(&self.registry),
+                    disable: Vec::new(),
+                    reported: HashMap::new(),
+                });
                 match registry.get_mut(&fd) {
                     Some(entry) if entry.armed && entry.udata() == data => {
                         entry.armed = false;
                         disable.push(change(fd, filter.other(), EventFlags::DISABLE, data));
+                        reported.insert(fd, list.len());
+                    }
+                    // The other filter of the arm reported in this batch:
+                    // one event with both.
+                    Some(entry) if entry.udata() == data && reported.contains_key(&fd) => {
+                        let i = reported[&fd];
+                        list[i] = list[i].merged(decode(filter, ev), native(filter, ev));
+                        continue;
                     }
                     // Reported already since it was armed, or stale.
                     _ => continue,
                 }
             }
-            list.push(Event::new(data & !SHARED_ONESHOT, decode(filter, ev)));
+            list.push(Event::with_native(
+                data & !SHARED_ONESHOT,
+                decode(filter, ev),
+                native(filter, ev),
+            ));
         }
-        if let Some((registry, disable)) = shared {
+        if let Some(Shared {
+            registry, disable, ..
+        }) = shared
+        {
             // Still under the registry lock, so a concurrent `modify` cannot
             // re-arm in between and be disarmed by this. A knote that is gone
             // (descriptor closed) just fails its receipt.
@@ -773,11 +852,8 @@ cfg_if::cfg_if! {
 
         impl Waker {
             fn new() -> io::Result<Waker> {
-                let (read, write) = rustix::pipe::pipe()?;
-                for fd in [&read, &write] {
-                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
-                    rustix::io::ioctl_fionbio(fd, true)?;
-                }
+                // `pipe2(O_CLOEXEC | O_NONBLOCK)`: no window for a fork + exec.
+                let (read, write) = super::unix::wake_pipe()?;
                 Ok(Waker { read, write })
             }
             fn register(&self, poller: &Poller) -> io::Result<()> {

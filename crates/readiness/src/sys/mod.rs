@@ -10,9 +10,13 @@
 //! - `add` fails with `AlreadyExists` for a source it has registered, `modify`
 //!   and `delete` with `NotFound` for one it has not. Identity is the OS
 //!   handle (file descriptor, base socket handle). A handle that was closed
-//!   while registered and whose number was reused is treated as a new source
-//!   wherever the OS lets the driver tell (epoll and kqueue forget closed
-//!   descriptors by themselves; the Windows drivers see `AFD_POLL_LOCAL_CLOSE`).
+//!   while registered and whose number was reused is a new source: `add`
+//!   of it works, `modify` and `delete` of it before that fail with
+//!   `NotFound`, and the closed registration is not reported after the
+//!   close (epoll and kqueue forget closed descriptors by themselves;
+//!   poll(2) compares the file's device and inode; the Windows drivers see
+//!   `AFD_POLL_LOCAL_CLOSE`). A duplicated descriptor keeps an epoll
+//!   registration alive: see docs/ARCHITECTURE.md.
 //! - `wait` makes at most one blocking system call lasting at most `timeout`
 //!   (`None`: unbounded), stores at most `events.remaining()` events, and
 //!   returns `Ok(true)` when it consumed a [`notify`](Driver::notify). It may

@@ -8,20 +8,42 @@
 //! for no longer than its own timeout.
 //!
 //! Level-triggered and oneshot modes only: `poll(2)` has no edge triggering.
-//! A descriptor closed while registered comes back as `POLLNVAL`; its
-//! registration is then dropped without an event.
+//!
+//! # Identity and closed descriptors
+//!
+//! `poll(2)` knows descriptors only by number, and a number closed without
+//! `delete` is soon given to a new file (the lowest free number is the next
+//! one allocated). So a registration also records the file it was made for:
+//! its device and inode numbers (`fstat`), unique among open files. Then:
+//!
+//! - `add` of a number the map holds compares the file: the same one is
+//!   `AlreadyExists`; another one means the old registration is stale (its
+//!   descriptor was closed), and it is replaced.
+//! - `modify` and `delete` of a number whose recorded file differs drop the
+//!   stale registration and fail with `NotFound`.
+//! - A wait checks the file of every registration it is about to report:
+//!   a descriptor closed meanwhile is dropped without an event, whether the
+//!   kernel said `POLLNVAL` (nothing has the number now) or polled whatever
+//!   new file has the number.
+//!
+//! The cost is one `fstat` per `add`, `modify` and `delete` (where `add` used
+//! to make an `fcntl` to report a bad descriptor) and one per event reported.
+//! A disarmed registration (fired oneshot, interest `NONE`) is not in the
+//! array the kernel polls, so a close of it is noticed only when its number
+//! is next used with this poller; until then it costs a map entry.
 //!
 //! [`notify`]: Driver::notify
 
 use std::collections::HashMap;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::Driver;
-use super::unix::{Source, drain};
+use super::unix::{Source, drain, wake_pipe};
 use crate::event::flag;
 use crate::{Backend, Builder, Event, Events, Interest, Mode};
 
@@ -30,10 +52,40 @@ const RDHUP: libc::c_short = libc::POLLRDHUP;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const RDHUP: libc::c_short = 0;
 
+/// Which file a descriptor names: unique among the open files.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+/// The file descriptor number `fd` names now.
+fn file_id(fd: RawFd) -> io::Result<FileId> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `fstat` writes one `struct stat` through the pointer, which is
+    // valid, aligned and large enough for it, and reads nothing of ours. The
+    // descriptor is a plain number to the kernel: a closed one fails with
+    // `EBADF`, a reused one describes the file it names now; telling those
+    // apart from the registered file is what the callers use this for.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        // Taken at once: nothing has run since the call to overwrite errno.
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fstat` succeeded, so it filled the whole struct.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ per OS
+    Ok(FileId {
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+    })
+}
+
 struct Entry {
     key: usize,
     interest: Interest,
     mode: Mode,
+    /// The file the registration was made for.
+    file: FileId,
     /// Bumped on every change, so a wait can tell that what it polled for is
     /// no longer what is registered.
     generation: u64,
@@ -140,11 +192,7 @@ fn decode(revents: libc::c_short, interest: Interest) -> u8 {
 
 impl Poller {
     pub(crate) fn new(_: &Builder) -> io::Result<Poller> {
-        let (wake_read, wake_write) = rustix::pipe::pipe()?;
-        for fd in [&wake_read, &wake_write] {
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
-            rustix::io::ioctl_fionbio(fd, true)?;
-        }
+        let (wake_read, wake_write) = wake_pipe()?;
         let state = State {
             pollfds: vec![pollfd(wake_read.as_raw_fd(), libc::POLLIN)],
             slots: vec![-1],
@@ -191,12 +239,18 @@ impl Driver for Poller {
     }
 
     fn add(&self, fd: Source<'_>, key: usize, interest: Interest, mode: Mode) -> io::Result<()> {
-        // Report a bad descriptor as the OS does, as epoll would.
-        rustix::io::fcntl_getfd(fd)?;
         let raw = fd.as_raw_fd();
+        // Also reports a bad descriptor as the OS does, as epoll would.
+        let file = file_id(raw)?;
         let mut state = lock(&self.state);
-        if state.entries.contains_key(&raw) {
-            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        if let Some((slot, entry)) = state.entries.get(&raw) {
+            if entry.file == file {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            // Closed without `delete`; the number now names another file.
+            let slot = *slot;
+            state.entries.remove(&raw);
+            remove_slot(&mut state, slot);
         }
         let slot = state.pollfds.len();
         state.pollfds.push(slot_pollfd(raw, interest));
@@ -206,6 +260,7 @@ impl Driver for Poller {
             key,
             interest,
             mode,
+            file,
             generation,
         };
         state.entries.insert(raw, (slot, entry));
@@ -215,17 +270,17 @@ impl Driver for Poller {
 
     fn modify(&self, fd: Source<'_>, key: usize, interest: Interest, mode: Mode) -> io::Result<()> {
         let raw = fd.as_raw_fd();
+        let file = file_id(raw)?;
         let mut state = lock(&self.state);
         let generation = state.generation + 1;
-        let slot = {
-            let (slot, entry) = state.entries.get_mut(&raw).ok_or_else(not_found)?;
-            *entry = Entry {
-                key,
-                interest,
-                mode,
-                generation,
-            };
-            *slot
+        let slot = registered(&mut state, raw, file)?;
+        let (_, entry) = state.entries.get_mut(&raw).ok_or_else(not_found)?;
+        *entry = Entry {
+            key,
+            interest,
+            mode,
+            file,
+            generation,
         };
         state.pollfds[slot] = slot_pollfd(raw, interest);
         self.changed(&mut state);
@@ -233,19 +288,27 @@ impl Driver for Poller {
     }
 
     fn delete(&self, fd: Source<'_>) -> io::Result<()> {
+        let raw = fd.as_raw_fd();
+        let file = file_id(raw)?;
         let mut state = lock(&self.state);
-        let (slot, _) = state
-            .entries
-            .remove(&fd.as_raw_fd())
-            .ok_or_else(not_found)?;
+        let slot = registered(&mut state, raw, file)?;
+        state.entries.remove(&raw);
         remove_slot(&mut state, slot);
         self.changed(&mut state);
         Ok(())
     }
 
     fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<bool> {
-        let Some(_turn) = self.gate.enter(timeout) else {
+        // The deadline is fixed now: time spent queued at the gate counts.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let Some(_turn) = self.gate.enter(deadline) else {
             return Ok(false); // timed out while another thread polled
+        };
+        // What is left after the gate; a timeout too large for an `Instant`
+        // is kept as it is (it is cut to what `poll` takes below).
+        let timeout = match deadline {
+            Some(deadline) => Some(deadline.saturating_duration_since(Instant::now())),
+            None => timeout,
         };
         let mut buf = lock(&self.wait_lock);
         let WaitBuf {
@@ -282,11 +345,15 @@ impl Driver for Poller {
                 timeout_ms,
             )
         };
+        // Before anything else: taking a contended lock can overwrite errno
+        // (a futex call failing with `EAGAIN`), turning `EINTR` into
+        // `WouldBlock`.
+        let error = (n < 0).then(io::Error::last_os_error);
 
         let mut state = lock(&self.state);
         state.polling = false;
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+        if let Some(error) = error {
+            return Err(error);
         }
 
         let mut woken = false;
@@ -309,26 +376,37 @@ impl Driver for Poller {
                 *next = i;
                 break;
             }
-            let Some((slot, entry)) = state.entries.get_mut(&fd) else {
+            let Some((slot, entry)) = state.entries.get(&fd) else {
                 continue; // deleted meanwhile
             };
             if entry.generation != generation {
                 continue; // modified meanwhile: what was polled for is stale
             }
-            let slot = *slot;
-            if pfd.revents & libc::POLLNVAL != 0 {
-                // Closed while registered: forget it, report nothing.
+            let (slot, key, file, oneshot) =
+                (*slot, entry.key, entry.file, entry.mode.is_oneshot());
+            let flags = decode(pfd.revents, entry.interest);
+            let invalid = pfd.revents & libc::POLLNVAL != 0;
+            if flags == 0 && !invalid {
+                continue;
+            }
+            // `POLLNVAL`: nothing has the number now. Otherwise the number
+            // may name another file since a close without `delete`, and the
+            // kernel polled that one. Either way: forget it, report nothing.
+            if invalid || file_id(fd).ok() != Some(file) {
                 state.entries.remove(&fd);
                 remove_slot(&mut state, slot);
                 continue;
             }
-            let flags = decode(pfd.revents, entry.interest);
-            if flags == 0 {
-                continue;
-            }
-            events.push(Event::new(entry.key, flags));
-            if entry.mode.is_oneshot() {
-                entry.interest = Interest::NONE;
+            // The native bits: `revents`, zero-extended from its C `short`.
+            events.push(Event::with_native(
+                key,
+                flags,
+                u32::from(pfd.revents as u16),
+            ));
+            if oneshot {
+                if let Some((_, entry)) = state.entries.get_mut(&fd) {
+                    entry.interest = Interest::NONE;
+                }
                 state.pollfds[slot] = pollfd(-1, 0);
             }
         }
@@ -357,9 +435,8 @@ struct Gate {
 }
 
 impl Gate {
-    /// Waits for the turn, for at most `timeout` (`None`: no limit).
-    fn enter(&self, timeout: Option<Duration>) -> Option<Turn<'_>> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    /// Waits for the turn, until `deadline` at most (`None`: no limit).
+    fn enter(&self, deadline: Option<Instant>) -> Option<Turn<'_>> {
         let mut busy = lock(&self.busy);
         while *busy {
             busy = match deadline {
@@ -397,6 +474,21 @@ fn remove_slot(state: &mut State, slot: usize) {
     {
         *s = slot;
     }
+}
+
+/// The slot of the registration of `fd` if it was made for `file`. A
+/// registration made for another file is stale (its descriptor was closed
+/// without `delete` and the number reused): it is dropped, and the answer is
+/// `NotFound`, as for a number never registered.
+fn registered(state: &mut State, fd: RawFd, file: FileId) -> io::Result<usize> {
+    let (slot, entry) = state.entries.get(&fd).ok_or_else(not_found)?;
+    if entry.file == file {
+        return Ok(*slot);
+    }
+    let slot = *slot;
+    state.entries.remove(&fd);
+    remove_slot(state, slot);
+    Err(not_found())
 }
 
 fn not_found() -> io::Error {

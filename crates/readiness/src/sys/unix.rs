@@ -1,6 +1,7 @@
 //! What the Unix backends share.
 
-use std::os::fd::BorrowedFd;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::event::Timespec;
@@ -14,7 +15,7 @@ pub(crate) fn source(source: &(impl crate::AsSource + ?Sized)) -> Source<'_> {
 
 /// The longest single kernel wait: `epoll_wait` and `poll` take milliseconds
 /// in a C `int`. Longer waits are split by the portable loop in `lib.rs`.
-const MAX_WAIT: Duration = Duration::from_millis(i32::MAX as u64);
+pub(crate) const MAX_WAIT: Duration = Duration::from_millis(i32::MAX as u64);
 
 /// A kernel timeout for `timeout`: `None` blocks forever, and anything longer
 /// than a C `int` of milliseconds is cut to that.
@@ -38,5 +39,29 @@ pub(crate) fn drain(fd: BorrowedFd<'_>) {
         if n < buf.len() {
             break;
         }
+    }
+}
+
+/// A non-blocking, close-on-exec pipe `(read, write)` for wake-ups. Both
+/// flags are set atomically by `pipe2` where the OS has it, so a concurrent
+/// fork + exec cannot inherit the pipe.
+pub(crate) fn wake_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    #[cfg(not(target_vendor = "apple"))]
+    {
+        use rustix::pipe::PipeFlags;
+        Ok(rustix::pipe::pipe_with(
+            PipeFlags::CLOEXEC | PipeFlags::NONBLOCK,
+        )?)
+    }
+    // Apple OSes have no `pipe2`: the flags are set afterwards, and a fork +
+    // exec on another thread in between inherits the pipe.
+    #[cfg(target_vendor = "apple")]
+    {
+        let (read, write) = rustix::pipe::pipe()?;
+        for fd in [&read, &write] {
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
+            rustix::io::ioctl_fionbio(fd, true)?;
+        }
+        Ok((read, write))
     }
 }

@@ -788,7 +788,8 @@ impl IocpPoller {
             let report = reg.arm == Arm::Armed && !reg.interest.is_none();
             reg.arm = Arm::Broken;
             if report {
-                let event = Event::new(reg.key, flag::ERROR);
+                // The native bits of a failed poll: its NTSTATUS.
+                let event = Event::with_native(reg.key, flag::ERROR, status as u32);
                 slot.reported_in = out.wait;
                 out.push(&mut st.stash, socket, event);
             }
@@ -799,7 +800,7 @@ impl IocpPoller {
             && afd::send_shut_down(socket);
         let flags = decode(events, reg.interest, send_shut);
         if flags != 0 && reg.arm == Arm::Armed && !reg.interest.is_none() {
-            let event = Event::new(reg.key, flags);
+            let event = Event::with_native(reg.key, flags, events);
             let oneshot = reg.mode.is_oneshot();
             if oneshot {
                 reg.arm = Arm::Fired;

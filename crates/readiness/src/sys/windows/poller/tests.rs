@@ -264,7 +264,7 @@ fn close_while_polling() {
                 let mut events = Events::new();
                 loop {
                     poller.wait(&mut events, None).unwrap();
-                    if events.is_empty() {
+                    if events.is_notified() && events.is_empty() {
                         return;
                     }
                     for e in &events {
