@@ -36,6 +36,17 @@
 //! - Reads return no more than was sent, end-of-stream only after a FIN or
 //!   reset, and `ConnectionReset` only after a reset.
 //!
+//! Windows, as docs/WINDOWS.md ("Closing a socket without `delete`, and
+//! handle reuse") documents it, each allowance behind [`windows`] with the
+//! reason at its use: a registration with no poll of its in the kernel
+//! cannot be told from a new socket on the same handle value, so `add` of a
+//! registered socket may take it over (afd: `Ok`; afd-direct:
+//! `ResourceBusy`), `modify`/`delete` of a never-added socket on a value
+//! whose registration was closed without `delete` may act on that stale
+//! registration (`Ok`), and a level registration closed without `delete`
+//! may report the socket that got its value until that value is added,
+//! modified or deleted.
+//!
 //! Knobs: `READINESS_MODEL_SEED=n` replays one sequence (its operation log
 //! is printed); `READINESS_MODEL_CASES=n` runs n sequences (default
 //! [`DEFAULT_CASES`]); `READINESS_MODEL_SOAK=1` runs [`SOAK_CASES`]
@@ -138,6 +149,10 @@ enum KeyState {
     Live(usize),
     /// Its socket was closed without `delete` before wait number `.0`.
     Closed(u64),
+    /// Windows: a level registration closed without `delete`; until its
+    /// handle value is added, modified or deleted again, it may report the
+    /// socket that got the value.
+    ClosedLevel,
     /// Deleted, replaced by `modify`, or closed after a `delete`.
     Gone,
 }
@@ -149,6 +164,9 @@ struct Model<'a> {
     listener: TcpListener,
     slots: Vec<Option<Conn>>,
     keys: HashMap<usize, KeyState>,
+    /// Windows: handle values of registrations closed without `delete`, and
+    /// their keys: the poller may still hold them as stale registrations.
+    stale: HashMap<u64, usize>,
     next_key: usize,
     waits: u64,
     buffers: [Events; 3],
@@ -162,6 +180,12 @@ struct Model<'a> {
 /// dequeued by the next wait; the contract asks only that no wait after that
 /// one reports it. epoll and poll(2) report nothing once the close returned.
 fn may_report_closed(backend: Backend) -> bool {
+    matches!(backend, Backend::Afd | Backend::AfdDirect)
+}
+
+/// Windows (AFD): the allowances of docs/WINDOWS.md for handle values it
+/// cannot tell apart (see the module documentation).
+fn windows(backend: Backend) -> bool {
     matches!(backend, Backend::Afd | Backend::AfdDirect)
 }
 
@@ -201,6 +225,7 @@ impl<'a> Model<'a> {
             listener,
             slots: (0..SLOTS).map(|_| None).collect(),
             keys: HashMap::new(),
+            stale: HashMap::new(),
             next_key: 0,
             waits: 0,
             buffers: [
@@ -332,12 +357,28 @@ impl<'a> Model<'a> {
         if registered {
             return match kind(&r) {
                 Some(ErrorKind::AlreadyExists) => Ok(()),
+                // Windows: a registration with no poll in the kernel is taken
+                // for a closed socket's, its value reused (docs/WINDOWS.md).
+                None if windows(self.backend) && self.backend == Backend::Afd => {
+                    let old = self.conn(slot).reg.unwrap();
+                    self.keys.insert(old.key, KeyState::Gone);
+                    self.register(slot, key, interest, mode);
+                    Ok(())
+                }
+                Some(ErrorKind::ResourceBusy) if self.backend == Backend::AfdDirect => Ok(()),
                 _ => Err(format!(
                     "add of a registered socket: {r:?}, expected AlreadyExists"
                 )),
             };
         }
         r.map_err(|e| format!("add of an unregistered socket failed: {e}"))?;
+        self.resolve_stale(slot);
+        self.register(slot, key, interest, mode);
+        Ok(())
+    }
+
+    /// The model's record of a successful `add` (or `modify`) of `slot`.
+    fn register(&mut self, slot: usize, key: usize, interest: Interest, mode: Mode) {
         self.conn(slot).reg = Some(Reg {
             key,
             interest,
@@ -346,7 +387,15 @@ impl<'a> Model<'a> {
             edge_pending: true,
         });
         self.keys.insert(key, KeyState::Live(slot));
-        Ok(())
+    }
+
+    /// Windows: the stale registration on `slot`'s handle value, if any, is
+    /// gone (a call on the value answered as if it were).
+    fn resolve_stale(&mut self, slot: usize) {
+        let value = self.slots[slot].as_ref().unwrap().value;
+        if let Some(key) = self.stale.remove(&value) {
+            self.keys.insert(key, KeyState::Gone);
+        }
     }
 
     fn modify(&mut self, slot: usize) -> Check {
@@ -363,8 +412,23 @@ impl<'a> Model<'a> {
             "modify slot {slot} key {key} {interest:?} {mode:?}: {r:?}"
         ));
         let Some(old) = old else {
+            let value = self.slots[slot].as_ref().unwrap().value;
+            let stale = windows(self.backend) && self.stale.contains_key(&value);
             return match kind(&r) {
-                Some(ErrorKind::NotFound) => Ok(()),
+                Some(ErrorKind::NotFound) => {
+                    if stale {
+                        self.resolve_stale(slot);
+                    }
+                    Ok(())
+                }
+                // Windows: the value's stale registration (closed without
+                // delete, its close not visible) takes the modify
+                // (docs/WINDOWS.md): the new socket is registered now.
+                None if stale => {
+                    self.resolve_stale(slot);
+                    self.register(slot, key, interest, mode);
+                    Ok(())
+                }
                 _ => Err(format!(
                     "modify of an unregistered socket: {r:?}, expected NotFound"
                 )),
@@ -388,11 +452,23 @@ impl<'a> Model<'a> {
     fn delete(&mut self, slot: usize) -> Check {
         let conn = self.slots[slot].as_ref().unwrap();
         let r = self.poller.delete(&conn.local);
-        let reg = conn.reg;
+        let (reg, value) = (conn.reg, conn.value);
         self.note(format!("delete slot {slot}: {r:?}"));
+        let stale = windows(self.backend) && self.stale.contains_key(&value);
         match reg {
             None => match kind(&r) {
-                Some(ErrorKind::NotFound) => Ok(()),
+                Some(ErrorKind::NotFound) => {
+                    if stale {
+                        self.resolve_stale(slot);
+                    }
+                    Ok(())
+                }
+                // Windows: the value's stale registration takes the delete
+                // (docs/WINDOWS.md).
+                None if stale => {
+                    self.resolve_stale(slot);
+                    Ok(())
+                }
                 _ => Err(format!(
                     "delete of an unregistered socket: {r:?}, expected NotFound"
                 )),
@@ -534,7 +610,16 @@ impl<'a> Model<'a> {
                 r.map_err(|e| format!("delete of a registered socket failed: {e}"))?;
                 self.keys.insert(reg.key, KeyState::Gone);
             } else {
-                self.keys.insert(reg.key, KeyState::Closed(self.waits));
+                let level_stays = windows(self.backend) && reg.mode == Mode::Level;
+                let state = if level_stays {
+                    KeyState::ClosedLevel
+                } else {
+                    KeyState::Closed(self.waits)
+                };
+                self.keys.insert(reg.key, state);
+                if windows(self.backend) {
+                    self.stale.insert(value, reg.key);
+                }
             }
         }
         let how = match (conn.reg.is_some(), delete) {
@@ -558,6 +643,9 @@ impl<'a> Model<'a> {
             {
                 return Ok(());
             }
+            // Windows: a level registration closed without delete polls
+            // whatever socket got its value (docs/WINDOWS.md).
+            Some(KeyState::ClosedLevel) => return Ok(()),
             Some(state) => {
                 return Err(format!(
                     "event for a key no longer registered ({state:?}): {event:?}"

@@ -1275,23 +1275,33 @@ impl Driver for IocpPoller {
         } = events;
         let capacity = *capacity;
         let mut woken = false;
+        let wait = self.waits.fetch_add(1, Ordering::Relaxed);
         let mut out = Out {
             list: Some(list),
             capacity,
-            wait: self.waits.fetch_add(1, Ordering::Relaxed),
+            wait,
         };
+        // Polls on the poller's behalf (level re-arms, parks) report into the
+        // stash, behind what was there: the port's completions are taken
+        // first, so a level source that stays ready cannot starve the others
+        // in a small buffer.
+        let mut stash_out = Out {
+            list: None,
+            capacity: 0,
+            wait,
+        };
+        let mut stashed = false;
         if self.pending.swap(false, Ordering::AcqRel) {
-            // What user calls left for this wait, then the polls on the
-            // poller's behalf (level re-arms, parks).
             let mut st = lock(&self.state);
             Self::take_stash(&mut st, &mut out);
-            self.flush(&mut st, &mut out);
-            if !st.stash.is_empty() {
+            self.flush(&mut st, &mut stash_out);
+            stashed = !st.stash.is_empty();
+            if stashed {
                 self.pending.store(true, Ordering::Release);
             }
         }
         // With events in hand, only look; otherwise block up to `timeout`.
-        let mut timeout = if out.list.as_ref().is_some_and(|l| !l.is_empty()) {
+        let mut timeout = if stashed || out.list.as_ref().is_some_and(|l| !l.is_empty()) {
             Some(Duration::ZERO)
         } else {
             timeout
@@ -1306,6 +1316,14 @@ impl Driver for IocpPoller {
             self.blocked.fetch_sub(1, Ordering::AcqRel);
             let n = got?;
             if n == 0 {
+                if stashed {
+                    // Nothing in the port: what the flush stashed, now.
+                    let mut st = lock(&self.state);
+                    Self::take_stash(&mut st, &mut out);
+                    if !st.stash.is_empty() {
+                        self.pending.store(true, Ordering::Release);
+                    }
+                }
                 break;
             }
             let polls_before = self.counters.polls.load(Ordering::Relaxed);
@@ -1315,11 +1333,11 @@ impl Driver for IocpPoller {
                 woken |= self.dequeued(&mut st, entry, &mut out);
                 wake |= entry.lpOverlapped.is_null() && entry.lpCompletionKey == WAKE_KEY;
             }
-            Self::take_stash(&mut st, &mut out);
             if wake || self.pending.swap(false, Ordering::AcqRel) {
                 // Woken to collect events or issue polls another call left.
-                self.flush(&mut st, &mut out);
+                self.flush(&mut st, &mut stash_out);
             }
+            Self::take_stash(&mut st, &mut out);
             if !st.stash.is_empty() {
                 self.pending.store(true, Ordering::Release);
             }
