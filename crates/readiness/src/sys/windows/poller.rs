@@ -89,9 +89,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-#[cfg(test)]
-use windows_sys::Win32::Foundation::STATUS_PENDING;
-use windows_sys::Win32::Foundation::{ERROR_INVALID_HANDLE, HANDLE, NTSTATUS};
+use windows_sys::Win32::Foundation::{ERROR_INVALID_HANDLE, HANDLE, NTSTATUS, STATUS_PENDING};
 use windows_sys::Win32::System::IO::{IO_STATUS_BLOCK, OVERLAPPED_ENTRY};
 
 use super::Source;
@@ -122,6 +120,13 @@ struct Op {
     info: UnsafeCell<AfdPollInfo>,
     /// The registered socket (the user's handle value): the slot's key.
     socket: RawSocket,
+    /// The handle the op's polls are issued on (to cancel it from `Drop`,
+    /// whether or not a slot still refers to it).
+    issue_on: usize,
+    /// Test canary: lent to the kernel (a poll queued, its packet not yet
+    /// dequeued).
+    #[cfg(test)]
+    lent: AtomicBool,
 }
 
 // SAFETY: the cells are shared with the kernel under the protocol in the
@@ -135,19 +140,25 @@ unsafe impl Send for Op {}
 unsafe impl Sync for Op {}
 
 impl Op {
-    fn new(socket: RawSocket, base: RawSocket) -> Arc<Op> {
+    fn new(socket: RawSocket, base: RawSocket, issue_on: usize) -> Arc<Op> {
         #[cfg(test)]
         canary::LIVE.fetch_add(1, Ordering::Relaxed);
         Arc::new(Op {
             iosb: UnsafeCell::new(afd::status_block()),
             info: UnsafeCell::new(AfdPollInfo::new(base, 0, false)),
             socket,
+            issue_on,
+            #[cfg(test)]
+            lent: AtomicBool::new(false),
         })
     }
 }
 
-/// Test canary: an op freed while its status block still says
-/// `STATUS_PENDING` would be memory the kernel may still write.
+/// Test canary: an op freed while it is lent to the kernel (its poll's
+/// packet not dequeued), or while its status block still says
+/// `STATUS_PENDING`, would be memory the kernel may still write. The first
+/// check holds under both readings of status-block timing; the second
+/// catches a free before the kernel finished under Wine's.
 #[cfg(test)]
 pub(crate) mod canary {
     use std::sync::atomic::{AtomicIsize, AtomicUsize};
@@ -164,7 +175,7 @@ impl Drop for Op {
         // SAFETY: the last reference is going, so no request of ours holds
         // this op; a status still pending means one did.
         let status = afd::status_of(unsafe { &*self.iosb.get() });
-        if status == STATUS_PENDING {
+        if status == STATUS_PENDING || self.lent.load(Ordering::Relaxed) {
             canary::FREED_PENDING.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -245,6 +256,9 @@ struct Slot {
     /// The wait that last reported this slot: a level re-arm is not issued
     /// by that same wait (it would report the socket twice).
     reported_in: u64,
+    /// An event of this slot is in the stash: no level re-arm until it has
+    /// been returned (each re-arm would stash another one).
+    in_stash: bool,
 }
 
 struct Group {
@@ -259,9 +273,10 @@ struct Books {
     /// Polls in the kernel whose completion packet will come and has not
     /// been dequeued.
     in_flight: usize,
-    /// Direct target: the contexts of those polls. A user's socket is
-    /// associated with our port, so a packet of the user's own overlapped I/O
-    /// on it could arrive here; only pointers in this set are ours.
+    /// The contexts of those polls. Only pointers in this set are taken back
+    /// (direct: a user's socket is associated with our port, so a packet of
+    /// the user's own overlapped I/O on it could arrive here), and `Drop`
+    /// cancels every one of them, also those no slot refers to any more.
     outstanding: HashSet<usize>,
 }
 
@@ -411,14 +426,29 @@ impl Out<'_> {
             wait: 0,
         }
     }
-    fn push(&mut self, stash: &mut Vec<(RawSocket, Event)>, socket: RawSocket, event: Event) {
+    /// Stores `event`; returns whether it went to the stash.
+    fn push(
+        &mut self,
+        stash: &mut Vec<(RawSocket, Event)>,
+        socket: RawSocket,
+        event: Event,
+    ) -> bool {
         match &mut self.list {
-            Some(list) if list.len() < self.capacity => list.push(event),
-            _ => stash.push((socket, event)),
+            Some(list) if list.len() < self.capacity => {
+                list.push(event);
+                false
+            }
+            _ => {
+                stash.push((socket, event));
+                true
+            }
         }
     }
     fn full(&self) -> bool {
         self.list.as_ref().is_none_or(|l| l.len() >= self.capacity)
+    }
+    fn len(&self) -> usize {
+        self.list.as_ref().map_or(0, |l| l.len())
     }
 }
 
@@ -552,7 +582,7 @@ impl IocpPoller {
         debug_assert!(self.direct() || !slot.phase.in_kernel());
         let previous = if slot.phase.in_kernel() || Arc::strong_count(&slot.op) > 1 {
             // The current op is (or may be) the kernel's: use a new one.
-            let fresh = Op::new(slot.op.socket, slot.base);
+            let fresh = Op::new(slot.op.socket, slot.base, slot.issue_on);
             Some(std::mem::replace(&mut slot.op, fresh))
         } else {
             None
@@ -574,12 +604,26 @@ impl IocpPoller {
             )
         };
         bump(&self.counters.polls);
-        match afd::classify(status, slot.skip) {
+        let mut outcome = afd::classify(status, slot.skip);
+        if outcome == Submitted::Queued
+            && self.direct()
+            && status != STATUS_PENDING
+            && afd::nt_success(status)
+        {
+            // Finished at once on a socket we took for one that queues a
+            // packet: its owner may have set FILE_SKIP_COMPLETION_PORT_ON_SUCCESS
+            // since `add` (it cannot be cleared). Look again.
+            if afd::completion_modes(slot.issue_on as HANDLE).is_ok_and(afd::skips_port) {
+                slot.skip = true;
+                outcome = Submitted::Inline;
+            }
+        }
+        match outcome {
             Submitted::Queued => {
                 books.in_flight += 1;
-                if self.direct() {
-                    books.outstanding.insert(context as usize);
-                }
+                books.outstanding.insert(context as usize);
+                #[cfg(test)]
+                slot.op.lent.store(true, Ordering::Relaxed);
                 slot.phase = Phase::Pending { mask, verified };
                 Ok(None)
             }
@@ -653,8 +697,8 @@ impl IocpPoller {
         {
             slot.queued = true;
             st.updates.push(socket);
-            self.pending.store(true, Ordering::Release);
-            if wake && self.blocked.load(Ordering::Acquire) > 0 {
+            self.pending.store(true, Ordering::SeqCst);
+            if wake && self.blocked.load(Ordering::SeqCst) > 0 {
                 let _ = self.port.post(WAKE_KEY);
             }
         }
@@ -670,7 +714,9 @@ impl IocpPoller {
             let Some(slot) = st.slots.get_mut(&socket) else {
                 continue;
             };
-            if out.wait != 0 && slot.reported_in == out.wait {
+            if slot.in_stash || (out.wait != 0 && slot.reported_in == out.wait) {
+                // Its last event is not returned yet, or this wait reported
+                // it: the next wait re-polls it.
                 updates[kept] = socket;
                 kept += 1;
                 continue;
@@ -683,7 +729,7 @@ impl IocpPoller {
         updates.append(&mut st.updates);
         st.updates = updates;
         if !st.updates.is_empty() {
-            self.pending.store(true, Ordering::Release);
+            self.pending.store(true, Ordering::SeqCst);
         }
     }
 
@@ -731,7 +777,7 @@ impl IocpPoller {
                 reg.arm = Arm::Broken;
                 if report {
                     let event = Event::new(reg.key, flag::ERROR);
-                    out.push(&mut st.stash, socket, event);
+                    slot.in_stash |= out.push(&mut st.stash, socket, event);
                 }
             }
             None => Self::remove(st, socket),
@@ -791,13 +837,13 @@ impl IocpPoller {
                 // The native bits of a failed poll: its NTSTATUS.
                 let event = Event::with_native(reg.key, flag::ERROR, status as u32);
                 slot.reported_in = out.wait;
-                out.push(&mut st.stash, socket, event);
+                slot.in_stash |= out.push(&mut st.stash, socket, event);
             }
             return;
         }
         let send_shut = events & afd::AFD_POLL_DISCONNECT != 0
             && reg.interest.is_readable()
-            && afd::send_shut_down(socket);
+            && afd::send_shut_down(socket, events & afd::AFD_POLL_SEND != 0);
         let flags = decode(events, reg.interest, send_shut);
         if flags != 0 && reg.arm == Arm::Armed && !reg.interest.is_none() {
             let event = Event::with_native(reg.key, flags, events);
@@ -806,7 +852,7 @@ impl IocpPoller {
                 reg.arm = Arm::Fired;
             }
             slot.reported_in = out.wait;
-            out.push(&mut st.stash, socket, event);
+            slot.in_stash |= out.push(&mut st.stash, socket, event);
             if !oneshot {
                 // Level: poll again for the next wait (or a blocked one).
                 self.schedule(st, socket, true);
@@ -817,9 +863,24 @@ impl IocpPoller {
             }
             return;
         }
-        // Nothing to report: a poll replaced by another process's exclusive
-        // poll, or readiness outside what is asked now (a kept wider poll).
-        // Poll for what is wanted now.
+        if direct {
+            // Direct: a poll of ours completed with nothing in it, so another
+            // exclusive poll on the socket (another process's) replaced it.
+            // Polling again on our own would be a poll no user call vouches
+            // for (module documentation): report an error once instead; a
+            // `modify` polls again.
+            let report = reg.arm == Arm::Armed && !reg.interest.is_none();
+            reg.arm = Arm::Broken;
+            if report {
+                let event = Event::with_native(reg.key, flag::ERROR, events);
+                slot.reported_in = out.wait;
+                slot.in_stash |= out.push(&mut st.stash, socket, event);
+            }
+            return;
+        }
+        // Nothing to report: readiness outside what is asked now (a kept
+        // wider poll), or (grouped) a poll that raced its cancel. Poll for
+        // what is wanted now.
         self.again(st, socket, out, depth);
     }
 
@@ -837,18 +898,19 @@ impl IocpPoller {
     /// `None` for a packet that is not one of our polls (a direct socket's
     /// own overlapped I/O). Call once per dequeued packet with a non-null
     /// overlapped pointer; the in-flight count is the caller's to adjust.
-    fn take_back(direct: bool, books: &mut Books, entry: &OVERLAPPED_ENTRY) -> Option<Arc<Op>> {
+    fn take_back(books: &mut Books, entry: &OVERLAPPED_ENTRY) -> Option<Arc<Op>> {
         let context = entry.lpOverlapped as usize;
-        if direct && !books.outstanding.remove(&context) {
+        if !books.outstanding.remove(&context) {
             return None;
         }
-        // SAFETY: every packet with an overlapped pointer on this port is the
-        // completion of a poll we issued (the grouped target's AFD handles are
-        // ours alone; for the direct target the pointer was just found in
-        // `outstanding`), whose context is an `Arc<Op>` reference made by
-        // `Arc::into_raw` in `submit`. Each packet is dequeued once, so the
-        // reference is taken back once.
-        Some(unsafe { Arc::from_raw(context as *const Op) })
+        // SAFETY: the pointer was just found in `outstanding`, so it is the
+        // context of a poll we issued whose packet had not been dequeued: an
+        // `Arc<Op>` reference made by `Arc::into_raw` in `submit`. Removing it
+        // from the set first means the reference is taken back once.
+        let op = unsafe { Arc::from_raw(context as *const Op) };
+        #[cfg(test)]
+        op.lent.store(false, Ordering::Relaxed);
+        Some(op)
     }
 
     /// Handles one dequeued packet. Returns whether it was a notification.
@@ -860,7 +922,7 @@ impl IocpPoller {
             }
             return false; // WAKE_KEY: the caller collects the stash
         }
-        let Some(op) = Self::take_back(self.direct(), &mut st.books, entry) else {
+        let Some(op) = Self::take_back(&mut st.books, entry) else {
             tracing::warn!("ignored a completion that is not an AFD poll of this poller");
             return false;
         };
@@ -898,8 +960,10 @@ impl IocpPoller {
         bump(&self.counters.drains);
         let mut entries = [OVERLAPPED_ENTRY::default(); DRAIN_BATCH];
         let mut out = Out::stash();
-        let mut woken = false;
-        for _ in 0..64 {
+        let (mut notify, mut wake) = (false, false);
+        // Until the port is empty (a bound only against a flood of packets
+        // arriving as fast as they are taken).
+        for _ in 0..1 << 16 {
             let n = match self.port.get_many(&mut entries, Some(Duration::ZERO)) {
                 Ok(n) => n,
                 Err(e) => {
@@ -908,14 +972,19 @@ impl IocpPoller {
                 }
             };
             for entry in &entries[..n] {
-                woken |= self.dequeued(st, entry, &mut out);
+                notify |= self.dequeued(st, entry, &mut out);
+                wake |= entry.lpOverlapped.is_null() && entry.lpCompletionKey == WAKE_KEY;
             }
             if n < entries.len() {
                 break;
             }
         }
-        if woken {
+        // Packets meant for a wait go back for one.
+        if notify {
             let _ = self.notify();
+        }
+        if wake {
+            let _ = self.port.post(WAKE_KEY);
         }
     }
 
@@ -955,13 +1024,103 @@ impl IocpPoller {
         }
     }
 
+    /// Checks, for `modify` and `delete`, that `socket` names a live
+    /// registration: `NotFound` if there is none, or if the poller can see
+    /// that its socket was closed: its poll finished with `LOCAL_CLOSE`
+    /// (then the registration is dropped here; the completion, wherever it
+    /// is, finds no registration and drops the slot), or, direct, the socket
+    /// behind the value is associated with no port (ours was, so this one is
+    /// another). No drain on this path (it would cost a system call per
+    /// re-arm), so on Windows a close whose completion is not yet dequeued is
+    /// not seen (docs/WINDOWS.md).
+    fn still_registered(&self, st: &mut State, socket: RawSocket) -> io::Result<()> {
+        let not_found = || io::Error::from(io::ErrorKind::NotFound);
+        let slot = match st.slots.get_mut(&socket) {
+            Some(slot) if slot.reg.is_some() => slot,
+            _ => return Err(not_found()),
+        };
+        if Self::visibly_closed(slot) {
+            slot.reg = None;
+            Self::purge_stash(st, socket);
+            return Err(not_found());
+        }
+        if self.direct() {
+            // A direct poll issued on a socket of no port would complete to
+            // no port (memory lent for good, the event lost): ask the kernel
+            // whether the socket behind the value has a port.
+            match self.port.associate(slot.base as HANDLE, 0) {
+                Ok(()) => {
+                    // It had none: not the socket this poller associated. (It
+                    // is associated with this poller's port now, as `add`
+                    // would have done.)
+                    Self::forget(st, socket);
+                    return Err(not_found());
+                }
+                Err(e) if afd::is_already_associated(&e) => {}
+                Err(e) if e.raw_os_error() == Some(ERROR_INVALID_HANDLE as i32) => {
+                    Self::forget(st, socket);
+                    return Err(not_found());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the registration of `socket`: the slot goes now if no poll of
+    /// it is in the kernel, else when that poll comes back.
+    fn forget(st: &mut State, socket: RawSocket) {
+        Self::purge_stash(st, socket);
+        match st.slots.get_mut(&socket) {
+            Some(slot) if slot.phase.in_kernel() => slot.reg = None,
+            Some(_) => Self::remove(st, socket),
+            None => {}
+        }
+    }
+
+    /// Withdraws stashed events of `socket` (its registration changed, or the
+    /// value names another socket now).
+    fn purge_stash(st: &mut State, socket: RawSocket) {
+        st.stash.retain(|(s, _)| *s != socket);
+        if let Some(slot) = st.slots.get_mut(&socket) {
+            slot.in_stash = false;
+        }
+    }
+
     /// After a user call: make the next wait collect the stash, and wake a
-    /// blocked one to do it.
+    /// blocked one to do it. `pending` is stored before `blocked` is read,
+    /// both SeqCst, the mirror image of `wait` (no lost wake-up).
     fn after_user_call(&self, st: &State) {
         if !st.stash.is_empty() {
-            self.pending.store(true, Ordering::Release);
-            if self.blocked.load(Ordering::Acquire) > 0 {
+            self.pending.store(true, Ordering::SeqCst);
+            if self.blocked.load(Ordering::SeqCst) > 0 {
                 let _ = self.port.post(WAKE_KEY);
+            }
+        }
+    }
+
+    /// Issues the first poll of a new registration on `slot` (verified: the
+    /// caller borrowed the live socket); on failure nothing of `reg` stays.
+    fn arm_new(
+        &self,
+        st: &mut State,
+        socket: RawSocket,
+        reg: Reg,
+        out: &mut Out<'_>,
+    ) -> io::Result<()> {
+        let State { slots, books, .. } = &mut *st;
+        let slot = slots.get_mut(&socket).expect("the caller's slot");
+        let previous = slot.reg.replace(reg);
+        let mask = self.want(slot, false).expect("armed or parked");
+        match self.submit(slot, books, mask, true) {
+            Ok(None) => Ok(()),
+            Ok(Some((s, e))) => {
+                self.finished(st, socket, s, e, out, 0);
+                Ok(())
+            }
+            Err(e) => {
+                slot.reg = previous;
+                Err(e)
             }
         }
     }
@@ -985,27 +1144,21 @@ impl IocpPoller {
                 // slot over. With a poll in the kernel, the new registration
                 // is polled when that poll comes back (one poll per socket).
                 Found::Deleted { .. } | Found::Unproven => {
+                    Self::purge_stash(st, socket);
                     let slot = st.slots.get_mut(&socket).expect("resolved");
+                    // The caller's socket: its base may differ (a layered
+                    // provider) from the closed one's.
+                    slot.base = base;
+                    if slot.phase == Phase::Idle {
+                        return self.arm_new(st, socket, reg, &mut out);
+                    }
                     slot.reg = Some(reg);
-                    st.stash.retain(|(s, _)| *s != socket);
-                    match slot.phase {
-                        Phase::Idle => {
-                            let mask = self.want(slot, false).expect("armed or parked");
-                            let State { books, slots, .. } = &mut *st;
-                            let slot = slots.get_mut(&socket).expect("resolved");
-                            if let Some((s, e)) = self.submit(slot, books, mask, true)? {
-                                self.finished(st, socket, s, e, &mut out, 0);
-                            }
-                        }
-                        Phase::Pending { .. } | Phase::Cancelling { .. } => {
-                            self.cancel(slot);
-                            if let Phase::Cancelling { verified, .. } = slot.phase {
-                                slot.phase = Phase::Cancelling {
-                                    verified,
-                                    previous: true,
-                                };
-                            }
-                        }
+                    self.cancel(slot);
+                    if let Phase::Cancelling { verified, .. } = slot.phase {
+                        slot.phase = Phase::Cancelling {
+                            verified,
+                            previous: true,
+                        };
                     }
                     return Ok(());
                 }
@@ -1015,13 +1168,14 @@ impl IocpPoller {
         let mut slot = Slot {
             reg: Some(reg),
             phase: Phase::Idle,
-            op: Op::new(socket, base),
+            op: Op::new(socket, base, issue_on),
             base,
             issue_on,
             group,
             skip,
             queued: false,
             reported_in: 0,
+            in_stash: false,
         };
         let mask = self.want(&slot, false).expect("armed or parked");
         let done = self.submit(&mut slot, &mut st.books, mask, true)?;
@@ -1048,20 +1202,22 @@ impl IocpPoller {
         };
         if fresh {
             // No port had this socket: whatever slot the value has belongs to
-            // a socket closed since. Its poll (if any) comes back on its own.
+            // a socket closed since. Its poll, if any, is still counted (and
+            // cancelled by `Drop`) and comes back as a stale completion.
+            Self::purge_stash(st, socket);
             Self::remove(st, socket);
-            st.stash.retain(|(s, _)| *s != socket);
             let skip = self.direct_modes(base)?;
             let mut slot = Slot {
                 reg: Some(reg),
                 phase: Phase::Idle,
-                op: Op::new(socket, base),
+                op: Op::new(socket, base, base as usize),
                 base,
                 issue_on: base as usize,
                 group: usize::MAX,
                 skip,
                 queued: false,
                 reported_in: 0,
+                in_stash: false,
             };
             let mask = self.want(&slot, false).expect("armed or parked");
             let done = self.submit(&mut slot, &mut st.books, mask, true)?;
@@ -1089,21 +1245,10 @@ impl IocpPoller {
             Found::Alive => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
             Found::Deleted { alive: true } => {
                 // Deleted from this poller, still open and ours: re-arm it. The
-                // exclusive poll replaces the tombstone's.
-                let State {
-                    books,
-                    slots,
-                    stash,
-                    ..
-                } = &mut *st;
-                stash.retain(|(s, _)| *s != socket);
-                let slot = slots.get_mut(&socket).expect("resolved");
-                slot.reg = Some(reg);
-                let mask = self.want(slot, false).expect("armed or parked");
-                if let Some((s, e)) = self.submit(slot, books, mask, true)? {
-                    self.finished(st, socket, s, e, &mut out, 0);
-                }
-                Ok(())
+                // exclusive poll replaces the tombstone's; if it cannot be
+                // issued, the tombstone stays.
+                Self::purge_stash(st, socket);
+                self.arm_new(st, socket, reg, &mut out)
             }
             Found::Vacant | Found::Deleted { alive: false } => Err(busy(
                 "that is not this poller's (this poller's socket of that value was closed)",
@@ -1173,72 +1318,64 @@ impl Driver for IocpPoller {
     ) -> io::Result<()> {
         let socket = source.as_raw_socket();
         let mut st = lock(&self.state);
-        let closed = match st.slots.get(&socket) {
-            Some(slot) if slot.reg.is_some() => Self::visibly_closed(slot),
-            _ => return Err(io::Error::from(io::ErrorKind::NotFound)),
-        };
-        if closed {
-            self.drain(&mut st);
-            if st.slots.get(&socket).is_none_or(|s| s.reg.is_none()) {
-                self.after_user_call(&st);
-                return Err(io::Error::from(io::ErrorKind::NotFound));
-            }
+        if let Err(e) = self.still_registered(&mut st, socket) {
+            self.after_user_call(&st);
+            return Err(e);
         }
-        let direct = self.direct();
-        let State {
-            slots,
-            books,
-            stash,
-            ..
-        } = &mut *st;
         // An event not yet returned belongs to the arming this replaces.
-        stash.retain(|(s, _)| *s != socket);
+        Self::purge_stash(&mut st, socket);
+        let direct = self.direct();
+        let State { slots, books, .. } = &mut *st;
         let slot = slots.get_mut(&socket).expect("checked above");
-        slot.reg = Some(Reg {
+        let previous = slot.reg.replace(Reg {
             key,
             interest,
             mode,
             arm: Arm::Armed,
         });
         let want = self.want(slot, false).expect("armed or parked");
-        let mut done = None;
-        match slot.phase {
-            Phase::Idle => done = self.submit(slot, books, want, true)?,
+        let submitted = match slot.phase {
+            Phase::Idle => self.submit(slot, books, want, true),
             // The poll in the kernel asks for just this: keep it.
-            Phase::Pending { mask, .. } if mask == want => {}
+            Phase::Pending { mask, .. } if mask == want => Ok(None),
             // It asks for more (grouped): keep it; a completion with nothing
             // wanted in it polls again for `want`.
-            Phase::Pending { mask, .. } if !direct && want & !mask == 0 => {}
+            Phase::Pending { mask, .. } if !direct && want & !mask == 0 => Ok(None),
             // Direct: a new exclusive poll replaces the one in the kernel.
-            Phase::Pending { .. } if direct => done = self.submit(slot, books, want, true)?,
+            Phase::Pending { .. } if direct => self.submit(slot, books, want, true),
             // Grouped: cancel; the completion of the cancelled poll submits
             // what is wanted then.
-            Phase::Pending { .. } => self.cancel(slot),
-            Phase::Cancelling { .. } => {}
-        }
-        if let Some((s, e)) = done {
-            let mut out = Out::stash();
-            self.finished(&mut st, socket, s, e, &mut out, 0);
-        }
+            Phase::Pending { .. } => {
+                self.cancel(slot);
+                Ok(None)
+            }
+            Phase::Cancelling { .. } => Ok(None),
+        };
+        let result = match submitted {
+            Ok(None) => Ok(()),
+            Ok(Some((s, e))) => {
+                let mut out = Out::stash();
+                self.finished(&mut st, socket, s, e, &mut out, 0);
+                Ok(())
+            }
+            Err(e) => {
+                // The registration stays as it was.
+                slot.reg = previous;
+                Err(e)
+            }
+        };
         self.after_user_call(&st);
-        Ok(())
+        result
     }
 
     fn delete(&self, source: Source<'_>) -> io::Result<()> {
         let socket = source.as_raw_socket();
         let mut st = lock(&self.state);
-        let closed = match st.slots.get(&socket) {
-            Some(slot) if slot.reg.is_some() => Self::visibly_closed(slot),
-            _ => return Err(io::Error::from(io::ErrorKind::NotFound)),
-        };
-        if closed {
-            self.drain(&mut st);
-            if st.slots.get(&socket).is_none_or(|s| s.reg.is_none()) {
-                self.after_user_call(&st);
-                return Err(io::Error::from(io::ErrorKind::NotFound));
-            }
+        if let Err(e) = self.still_registered(&mut st, socket) {
+            self.after_user_call(&st);
+            return Err(e);
         }
-        st.stash.retain(|(s, _)| *s != socket);
+        Self::purge_stash(&mut st, socket);
         let State { slots, books, .. } = &mut *st;
         let slot = slots.get_mut(&socket).expect("checked above");
         slot.reg = None;
@@ -1249,8 +1386,11 @@ impl Driver for IocpPoller {
             if !parked {
                 match self.submit(slot, books, PARK, true) {
                     Ok(None) => {}
-                    // Finished at once: closed already, or failed.
-                    Ok(Some(_)) | Err(_) => Self::remove(&mut st, socket),
+                    // Finished at once (closed already) or failed: nothing to
+                    // watch. A poll of it still in the kernel (the one the
+                    // failed park did not replace) drops the slot when it
+                    // comes back.
+                    Ok(Some(_)) | Err(_) => Self::forget(&mut st, socket),
                 }
             }
         } else {
@@ -1274,7 +1414,6 @@ impl Driver for IocpPoller {
             ..
         } = events;
         let capacity = *capacity;
-        let mut woken = false;
         let wait = self.waits.fetch_add(1, Ordering::Relaxed);
         let mut out = Out {
             list: Some(list),
@@ -1282,71 +1421,68 @@ impl Driver for IocpPoller {
             wait,
         };
         // Polls on the poller's behalf (level re-arms, parks) report into the
-        // stash, behind what was there: the port's completions are taken
-        // first, so a level source that stays ready cannot starve the others
-        // in a small buffer.
+        // stash, behind what is there: the port's completions of the same
+        // round are taken first, so a level source that stays ready cannot
+        // starve the others in a small buffer.
         let mut stash_out = Out {
             list: None,
             capacity: 0,
             wait,
         };
-        let mut stashed = false;
-        if self.pending.swap(false, Ordering::AcqRel) {
-            let mut st = lock(&self.state);
-            Self::take_stash(&mut st, &mut out);
-            self.flush(&mut st, &mut stash_out);
-            stashed = !st.stash.is_empty();
-            if stashed {
-                self.pending.store(true, Ordering::Release);
-            }
-        }
-        // With events in hand, only look; otherwise block up to `timeout`.
-        let mut timeout = if stashed || out.list.as_ref().is_some_and(|l| !l.is_empty()) {
-            Some(Duration::ZERO)
-        } else {
-            timeout
-        };
+        let mut woken = false;
+        let mut timeout = timeout;
         for _ in 0..FOLLOW_UPS {
-            let room = capacity - out.list.as_ref().map_or(0, |l| l.len());
+            if self.pending.swap(false, Ordering::SeqCst) {
+                // What other calls left (the stash), then the queued polls.
+                let mut st = lock(&self.state);
+                Self::take_stash(&mut st, &mut out);
+                self.flush(&mut st, &mut stash_out);
+                if !st.stash.is_empty() {
+                    self.pending.store(true, Ordering::SeqCst);
+                }
+            }
+            let room = capacity - out.len();
             if room == 0 {
                 break;
             }
-            self.blocked.fetch_add(1, Ordering::AcqRel);
-            let got = self.port.get_many(&mut sys.0[..room], timeout);
-            self.blocked.fetch_sub(1, Ordering::AcqRel);
-            let n = got?;
-            if n == 0 {
-                if stashed {
-                    // Nothing in the port: what the flush stashed, now.
-                    let mut st = lock(&self.state);
-                    Self::take_stash(&mut st, &mut out);
-                    if !st.stash.is_empty() {
-                        self.pending.store(true, Ordering::Release);
-                    }
-                }
-                break;
-            }
+            // Announce the dequeue, then look at `pending` again: a user call
+            // stores `pending` and then reads `blocked` (both SeqCst), so
+            // either it sees this thread (and posts a WAKE), or this thread
+            // sees its `pending` (and only looks, without blocking).
+            self.blocked.fetch_add(1, Ordering::SeqCst);
+            let look = out.len() > 0 || self.pending.load(Ordering::SeqCst);
+            let got = self.port.get_many(
+                &mut sys.0[..room],
+                if look { Some(Duration::ZERO) } else { timeout },
+            );
+            self.blocked.fetch_sub(1, Ordering::SeqCst);
+            let n = match got {
+                Ok(n) => n,
+                // Return what this wait holds; the error comes again.
+                Err(_) if out.len() > 0 || woken => break,
+                Err(e) => return Err(e),
+            };
             let polls_before = self.counters.polls.load(Ordering::Relaxed);
-            let mut st = lock(&self.state);
-            let mut wake = false;
-            for entry in &sys.0[..n] {
-                woken |= self.dequeued(&mut st, entry, &mut out);
-                wake |= entry.lpOverlapped.is_null() && entry.lpCompletionKey == WAKE_KEY;
+            if n > 0 || self.pending.load(Ordering::SeqCst) {
+                let mut st = lock(&self.state);
+                for entry in &sys.0[..n] {
+                    woken |= self.dequeued(&mut st, entry, &mut out);
+                }
+                Self::take_stash(&mut st, &mut out);
+                if !st.stash.is_empty() {
+                    self.pending.store(true, Ordering::SeqCst);
+                }
             }
-            if wake || self.pending.swap(false, Ordering::AcqRel) {
-                // Woken to collect events or issue polls another call left.
-                self.flush(&mut st, &mut stash_out);
+            if n == 0 && !look {
+                break; // the timeout passed
             }
-            Self::take_stash(&mut st, &mut out);
-            if !st.stash.is_empty() {
-                self.pending.store(true, Ordering::Release);
-            }
-            drop(st);
             // Look again without blocking if the batch filled the room (more
-            // may be queued) or its handling issued polls (which may have
-            // completed at once): a ready socket is then reported now.
+            // may be queued), its handling issued polls (which may have
+            // completed at once), or something is pending: a ready socket is
+            // then reported now. A look that found nothing ends the wait.
             let polled = self.counters.polls.load(Ordering::Relaxed) != polls_before;
-            if out.full() || !(n == room || polled) {
+            let again = n == room || polled || (n > 0 && self.pending.load(Ordering::SeqCst));
+            if out.full() || !again {
                 break;
             }
             timeout = Some(Duration::ZERO);
@@ -1380,25 +1516,39 @@ impl IocpPoller {
             // Reported by this wait: no level re-arm of it in the same wait.
             if let Some(slot) = slots.get_mut(&socket) {
                 slot.reported_in = out.wait;
+                slot.in_stash = false;
             }
             list.push(event);
+        }
+        // A slot with an event still stashed keeps its flag.
+        for (socket, _) in stash.iter() {
+            if let Some(slot) = slots.get_mut(socket) {
+                slot.in_stash = true;
+            }
         }
     }
 }
 
 impl Drop for IocpPoller {
     fn drop(&mut self) {
-        let direct = self.direct();
         let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         let mut state = std::mem::take(st);
-        for slot in state.slots.values_mut() {
-            // (A cancelling poll is on its way back already.)
-            self.cancel(slot);
+        // Cancel every poll in the kernel, also those no slot refers to any
+        // more (replaced, or kept by a second handle of a closed socket).
+        // A cancel of one that completed already finds nothing.
+        for &context in &state.books.outstanding {
+            // SAFETY: `context` is in `outstanding`: the kernel still holds
+            // that reference to the op, so the op (its status block, its
+            // handle) is alive; the status block is only used as an
+            // identifier.
+            unsafe {
+                let op = &*(context as *const Op);
+                let _ = afd::cancel(op.issue_on as HANDLE, op.iosb.get());
+            }
         }
-        // Deleted and replaced polls were cancelled, replaced or completed
-        // already. Now take back every outstanding reference; only then may
-        // the ops be freed. A blocking dequeue, never a spin: an error ends
-        // the drain (and leaks what is left).
+        // Now take back every outstanding reference; only then may the ops be
+        // freed. A blocking dequeue, never a spin: an error ends the drain (and
+        // leaks what is left).
         let deadline = Instant::now() + DRAIN_LIMIT;
         let mut entries = vec![OVERLAPPED_ENTRY::default(); 64];
         while state.books.in_flight > 0 {
@@ -1423,7 +1573,7 @@ impl Drop for IocpPoller {
                 if entry.lpOverlapped.is_null() {
                     continue;
                 }
-                if Self::take_back(direct, &mut state.books, entry).is_some() {
+                if Self::take_back(&mut state.books, entry).is_some() {
                     state.books.in_flight -= 1; // and the op reference is dropped here
                 }
             }

@@ -33,9 +33,11 @@ use windows_sys::Win32::Foundation::{
 };
 use windows_sys::Win32::Networking::WinSock::{
     INVALID_SOCKET, IPPROTO_TCP, IPPROTO_UDP, SIO_BASE_HANDLE, SIO_BSP_HANDLE_POLL,
-    SIO_BSP_HANDLE_SELECT, SO_TYPE, SOCK_STREAM, SOCKET, SOCKET_ERROR, SOL_SOCKET, WSAENOBUFS,
-    WSAESHUTDOWN, WSAEnumProtocolsW, WSAGetLastError, WSAIoctl, WSAPROTOCOL_INFOW, XP1_IFS_HANDLES,
-    getsockopt, send,
+    SIO_BSP_HANDLE_SELECT, SIO_TCP_INFO, SO_TYPE, SOCK_STREAM, SOCKET, SOCKET_ERROR, SOL_SOCKET,
+    TCP_INFO_v0, TCPSTATE_CLOSED, TCPSTATE_CLOSING, TCPSTATE_FIN_WAIT_1, TCPSTATE_FIN_WAIT_2,
+    TCPSTATE_LAST_ACK, TCPSTATE_TIME_WAIT, WSADATA, WSAEINVAL, WSAENOBUFS, WSAEOPNOTSUPP,
+    WSAESHUTDOWN, WSAEnumProtocolsW, WSAGetLastError, WSAIoctl, WSAPROTOCOL_INFOW, WSAStartup,
+    XP1_IFS_HANDLES, getsockopt, send,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     FILE_SHARE_READ, FILE_SHARE_WRITE, SYNCHRONIZE, SetFileCompletionNotificationModes,
@@ -549,19 +551,80 @@ fn socket_type(socket: RawSocket) -> Option<i32> {
 
 /// Whether the sending side of the stream socket `socket` is shut down (by
 /// `shutdown(Write)` or `shutdown(Both)` in this process). AFD reports no
-/// event for a local shutdown, so this asks: a zero-length send on a stream
-/// socket transmits nothing and fails with `WSAESHUTDOWN` once sending is
-/// shut down. Datagram sockets are never probed (a zero-length send would
-/// send an empty datagram).
-pub(crate) fn send_shut_down(socket: RawSocket) -> bool {
-    if socket_type(socket) != Some(SOCK_STREAM) {
+/// event for a local shutdown, so this asks, without ever blocking:
+///
+/// - the TCP state (`SIO_TCP_INFO`, Windows 10 1703 and later): our FIN was
+///   sent in every state from `FIN_WAIT_1` on except `CLOSE_WAIT`;
+/// - where that is not answered (Wine, older Windows), and only when AFD
+///   just reported room to send (`send_ready`), a zero-length send: it
+///   transmits nothing and fails with `WSAESHUTDOWN` once sending is shut
+///   down. Without room a zero-length send on a blocking socket would block
+///   (seen under Wine), so it is never tried then.
+///
+/// Datagram sockets are never probed (a zero-length send would send an empty
+/// datagram).
+pub(crate) fn send_shut_down(socket: RawSocket, send_ready: bool) -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// `SIO_TCP_INFO` failed as unsupported once: not asked again.
+    static NO_TCP_INFO: AtomicBool = AtomicBool::new(false);
+    if !NO_TCP_INFO.load(Ordering::Relaxed) {
+        match tcp_state(socket) {
+            Ok(state) => {
+                return matches!(
+                    state,
+                    TCPSTATE_FIN_WAIT_1
+                        | TCPSTATE_FIN_WAIT_2
+                        | TCPSTATE_CLOSING
+                        | TCPSTATE_TIME_WAIT
+                        | TCPSTATE_LAST_ACK
+                        | TCPSTATE_CLOSED
+                );
+            }
+            Err(code) if code == WSAEOPNOTSUPP || code == WSAEINVAL => {
+                NO_TCP_INFO.store(true, Ordering::Relaxed);
+            }
+            Err(_) => return false,
+        }
+    }
+    if !send_ready || socket_type(socket) != Some(SOCK_STREAM) {
         return false;
     }
     // SAFETY: a zero-length send reads no buffer (the pointer is null and
-    // the length 0) and writes nothing.
+    // the length 0) and writes nothing. It cannot block: AFD just reported
+    // room to send.
     let r = unsafe { send(socket as SOCKET, null(), 0, 0) };
     // SAFETY: reads this thread's last Winsock error.
     r == SOCKET_ERROR && unsafe { WSAGetLastError() } == WSAESHUTDOWN
+}
+
+/// The TCP state of a connected socket (`SIO_TCP_INFO`, version 0), or the
+/// Winsock error.
+fn tcp_state(socket: RawSocket) -> Result<i32, i32> {
+    let version: u32 = 0;
+    // SAFETY: TCP_INFO_v0 is plain data; all zeroes is a valid value.
+    let mut info: TCP_INFO_v0 = unsafe { std::mem::zeroed() };
+    let mut bytes = 0u32;
+    // SAFETY: the input is a live u32 and the output a live TCP_INFO_v0, of
+    // the sizes passed; no overlapped I/O: the query is synchronous and does
+    // not wait.
+    let r = unsafe {
+        WSAIoctl(
+            socket as SOCKET,
+            SIO_TCP_INFO,
+            (&raw const version).cast(),
+            size_of::<u32>() as u32,
+            (&raw mut info).cast(),
+            size_of::<TCP_INFO_v0>() as u32,
+            &mut bytes,
+            null_mut(),
+            None,
+        )
+    };
+    if r == SOCKET_ERROR {
+        // SAFETY: reads this thread's last Winsock error.
+        return Err(unsafe { WSAGetLastError() });
+    }
+    Ok(info.State)
 }
 
 /// Whether `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` may be used: every
@@ -581,7 +644,17 @@ pub(crate) fn skip_on_success_is_safe() -> bool {
     })
 }
 
-fn providers_are_ifs() -> io::Result<bool> {
+pub(crate) fn providers_are_ifs() -> io::Result<bool> {
+    // Winsock must be started for the catalog to be listed (a poller may be
+    // created before any socket): a reference of our own, never released
+    // (std keeps one for the process too).
+    // SAFETY: `data` is a live, writable WSADATA.
+    let mut data: WSADATA = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; 0x202 asks for Winsock 2.2.
+    let started = unsafe { WSAStartup(0x202, &mut data) };
+    if started != 0 {
+        return Err(io::Error::from_raw_os_error(started));
+    }
     let protocols = [IPPROTO_TCP, IPPROTO_UDP, 0];
     let mut len = 0u32;
     // SAFETY: a null buffer with length 0 asks for the size needed; the

@@ -20,10 +20,16 @@ use windows_sys::Win32::System::IO::{IO_STATUS_BLOCK, OVERLAPPED_ENTRY};
 use super::*;
 
 /// Tests whose Windows fact Wine 8.0 does not reproduce, with what Wine does.
-const WINE_DIFFERENCES: &[(&str, &str)] = &[(
-    "base_handle_of_a_closed_socket_fails",
-    "SIO_BASE_HANDLE on a closed socket handle succeeds and returns the stale value",
-)];
+const WINE_DIFFERENCES: &[(&str, &str)] = &[
+    (
+        "base_handle_of_a_closed_socket_fails",
+        "SIO_BASE_HANDLE on a closed socket handle succeeds and returns the stale value",
+    ),
+    (
+        "tcp_state_is_answered",
+        "SIO_TCP_INFO fails with WSAEOPNOTSUPP",
+    ),
+];
 
 /// Long enough for anything that should happen; only reached on failure.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -600,20 +606,42 @@ fn an_exclusive_poll_completes_the_previous_exclusive_poll_at_once() {
 }
 
 #[test]
-fn a_zero_length_send_tells_a_shut_down_sending_side() {
+fn a_shut_down_sending_side_is_told() {
     let (c, s) = pair();
-    assert!(!send_shut_down(c.as_raw_socket()), "an open socket");
+    assert!(!send_shut_down(c.as_raw_socket(), true), "an open socket");
     c.shutdown(Shutdown::Write).unwrap();
     fact(
-        "a_zero_length_send_tells_a_shut_down_sending_side",
-        send_shut_down(c.as_raw_socket()),
-        "zero-length send did not fail with WSAESHUTDOWN after shutdown(Write)",
+        "a_shut_down_sending_side_is_told",
+        send_shut_down(c.as_raw_socket(), true),
+        "neither SIO_TCP_INFO nor a zero-length send told shutdown(Write)",
     );
     // Shutting down receives only does not count, and UDP is never probed.
     s.shutdown(Shutdown::Read).unwrap();
-    assert!(!send_shut_down(s.as_raw_socket()));
+    assert!(!send_shut_down(s.as_raw_socket(), true));
     let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-    assert!(!send_shut_down(u.as_raw_socket()));
+    assert!(!send_shut_down(u.as_raw_socket(), true));
+}
+
+#[test]
+fn tcp_state_is_answered() {
+    let (_c, s) = pair();
+    let state = tcp_state(s.as_raw_socket());
+    fact(
+        "tcp_state_is_answered",
+        state.is_ok(),
+        &format!("SIO_TCP_INFO: {state:?}"),
+    );
+}
+
+#[test]
+fn the_protocol_catalog_can_be_listed() {
+    // Checked here, where other tests may have started Winsock already; the
+    // function starts it itself (a poller may come before any socket).
+    let ifs = providers_are_ifs().expect("WSAEnumProtocolsW");
+    println!("every TCP/UDP provider is an IFS provider: {ifs}");
+    if is_wine() {
+        assert!(ifs, "Wine's providers are IFS providers");
+    }
 }
 
 #[test]
