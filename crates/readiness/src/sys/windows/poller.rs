@@ -1050,10 +1050,34 @@ impl IocpPoller {
             // whether the socket behind the value has a port.
             match self.port.associate(slot.base as HANDLE, 0) {
                 Ok(()) => {
-                    // It had none: not the socket this poller associated. (It
-                    // is associated with this poller's port now, as `add`
-                    // would have done.)
-                    Self::forget(st, socket);
+                    // It had none: not the socket this poller associated. It
+                    // is associated with this poller's port now, for good, so
+                    // keep it as a tombstone (a close-watching poll, issued
+                    // while the caller vouches for it): a later `add` of it
+                    // then finds it this poller's.
+                    Self::purge_stash(st, socket);
+                    let slot = st.slots.get_mut(&socket).expect("looked up above");
+                    let old = std::mem::replace(
+                        &mut slot.op,
+                        Op::new(socket, slot.base, slot.base as usize),
+                    );
+                    slot.reg = None;
+                    slot.phase = Phase::Idle;
+                    // The old op, if in the kernel, is about the closed
+                    // socket: counted, cancelled by `Drop`, stale on return.
+                    drop(old);
+                    slot.skip = match self.direct_modes(slot.base) {
+                        Ok(skip) => skip,
+                        Err(_) => {
+                            Self::remove(st, socket);
+                            return Err(not_found());
+                        }
+                    };
+                    let State { slots, books, .. } = &mut *st;
+                    let slot = slots.get_mut(&socket).expect("looked up above");
+                    if !matches!(self.submit(slot, books, PARK, true), Ok(None)) {
+                        Self::remove(st, socket);
+                    }
                     return Err(not_found());
                 }
                 Err(e) if afd::is_already_associated(&e) => {}
@@ -1421,9 +1445,11 @@ impl Driver for IocpPoller {
             wait,
         };
         // Polls on the poller's behalf (level re-arms, parks) report into the
-        // stash, behind what is there: the port's completions of the same
-        // round are taken first, so a level source that stays ready cannot
-        // starve the others in a small buffer.
+        // stash, behind what is there. The stash and the port take turns
+        // at going first (by the wait's parity), so that neither starves the
+        // other in a small buffer: level sources that stay ready fill the
+        // stash on every wait, completions keep coming through the port.
+        let stash_first = wait % 2 == 0;
         let mut stash_out = Out {
             list: None,
             capacity: 0,
@@ -1435,7 +1461,9 @@ impl Driver for IocpPoller {
             if self.pending.swap(false, Ordering::SeqCst) {
                 // What other calls left (the stash), then the queued polls.
                 let mut st = lock(&self.state);
-                Self::take_stash(&mut st, &mut out);
+                if stash_first {
+                    Self::take_stash(&mut st, &mut out);
+                }
                 self.flush(&mut st, &mut stash_out);
                 if !st.stash.is_empty() {
                     self.pending.store(true, Ordering::SeqCst);
@@ -1536,14 +1564,22 @@ impl Drop for IocpPoller {
         // Cancel every poll in the kernel, also those no slot refers to any
         // more (replaced, or kept by a second handle of a closed socket).
         // A cancel of one that completed already finds nothing.
+        // One that cannot be found to cancel either completed already (its
+        // packet is queued) or was issued on a handle value that now names
+        // another object (a direct socket closed while a second handle keeps
+        // it alive): such a poll completes only when its socket dies.
+        let mut uncancellable = HashSet::new();
         for &context in &state.books.outstanding {
             // SAFETY: `context` is in `outstanding`: the kernel still holds
             // that reference to the op, so the op (its status block, its
             // handle) is alive; the status block is only used as an
             // identifier.
-            unsafe {
+            let found = unsafe {
                 let op = &*(context as *const Op);
-                let _ = afd::cancel(op.issue_on as HANDLE, op.iosb.get());
+                afd::cancel(op.issue_on as HANDLE, op.iosb.get())
+            };
+            if !matches!(found, Ok(true)) {
+                uncancellable.insert(context);
             }
         }
         // Now take back every outstanding reference; only then may the ops be
@@ -1552,7 +1588,19 @@ impl Drop for IocpPoller {
         let deadline = Instant::now() + DRAIN_LIMIT;
         let mut entries = vec![OVERLAPPED_ENTRY::default(); 64];
         while state.books.in_flight > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
+            // Only uncancellable polls left: take what is queued (those that
+            // had completed), then leak the rest rather than wait for sockets
+            // that may never close.
+            let only_uncancellable = state
+                .books
+                .outstanding
+                .iter()
+                .all(|c| uncancellable.contains(c));
+            let left = if only_uncancellable {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(Instant::now())
+            };
             let n = match self.port.get_many(&mut entries, Some(left)) {
                 Ok(n) => n,
                 Err(e) => {
@@ -1561,7 +1609,7 @@ impl Drop for IocpPoller {
                     break;
                 }
             };
-            if n == 0 && Instant::now() >= deadline {
+            if n == 0 && (only_uncancellable || Instant::now() >= deadline) {
                 // Never free memory the kernel may still write: leak it.
                 tracing::warn!(
                     in_flight = state.books.in_flight,
