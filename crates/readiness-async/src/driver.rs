@@ -271,6 +271,9 @@ pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     });
 
     thread_local! {
+        // The initializer is `const` already; clippy 1.96 (the Windows cross
+        // lint, std built from source) reports it anyway.
+        #[allow(clippy::missing_const_for_thread_local)]
         static CACHE: RefCell<Option<(Arc<Parker>, Waker)>> = const { RefCell::new(None) };
     }
     CACHE.with(|cache| match cache.try_borrow_mut() {
