@@ -48,6 +48,10 @@ fn spawn_echo_server(ex: &Rc<LocalExecutor<'static>>) -> (SocketAddr, async_exec
     (addr, task)
 }
 
+/// Round trips completed by the echo clients (of every test), to tell a
+/// slow run from a stalled one.
+static ROUND_TRIPS: AtomicUsize = AtomicUsize::new(0);
+
 /// Connects to `addr` and checks `messages` round trips of varied sizes.
 async fn echo_client(addr: SocketAddr, conn: usize, messages: usize) -> io::Result<()> {
     let mut stream = Async::<TcpStream>::connect(addr).await?;
@@ -58,6 +62,7 @@ async fn echo_client(addr: SocketAddr, conn: usize, messages: usize) -> io::Resu
         let mut back = vec![0u8; msg.len()];
         stream.read_exact(&mut back).await?;
         assert_eq!(back, msg, "connection {conn}, message {seq}: wrong echo");
+        ROUND_TRIPS.fetch_add(1, Ordering::SeqCst);
     }
     Ok(())
 }
@@ -153,7 +158,7 @@ fn echo_100_tasks_x_100_messages_local_executor() {
             let clients: Vec<_> = (0..100)
                 .map(|conn| ex.spawn(echo_client(addr, conn, 100)))
                 .collect();
-            within("100 echo clients x 100 messages", async {
+            without_stall("100 echo clients x 100 messages", &ROUND_TRIPS, async {
                 for client in clients {
                     client.await.unwrap();
                 }
@@ -180,11 +185,15 @@ fn echo_100_tasks_x_100_messages_multi_threaded_executor() {
             let clients: Vec<_> = (0..100)
                 .map(|conn| ex.spawn(echo_client(addr, conn, 100)))
                 .collect();
-            within("100 echo clients x 100 messages on 3 threads", async {
-                for client in clients {
-                    client.await.unwrap();
-                }
-            })
+            without_stall(
+                "100 echo clients x 100 messages on 3 threads",
+                &ROUND_TRIPS,
+                async {
+                    for client in clients {
+                        client.await.unwrap();
+                    }
+                },
+            )
             .await;
             drop(server);
         })

@@ -102,6 +102,33 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     .await
 }
 
+/// `fut`, which counts its progress in `done`, or a panic naming `what` if
+/// `done` stops moving for [`LONG`]: bulk work may take as long as the
+/// machine needs (Wine is slow), but a stall is a hang.
+pub async fn without_stall<T>(
+    what: &str,
+    done: &std::sync::atomic::AtomicUsize,
+    fut: impl Future<Output = T>,
+) -> T {
+    future::or(fut, async {
+        let start = Instant::now();
+        let mut last = done.load(std::sync::atomic::Ordering::SeqCst);
+        loop {
+            Timer::after(LONG).await;
+            let now = done.load(std::sync::atomic::Ordering::SeqCst);
+            if now == last {
+                panic!(
+                    "{what}: stalled at {now} for {LONG:?} ({:?} in all) on {}",
+                    start.elapsed(),
+                    reactor().backend()
+                );
+            }
+            last = now;
+        }
+    })
+    .await
+}
+
 /// `Some(output)` if `fut` completes within [`SHORT`], else `None`.
 pub async fn within_short<T>(fut: impl Future<Output = T>) -> Option<T> {
     future::or(async { Some(fut.await) }, async {
