@@ -37,6 +37,8 @@ DIRECT_BACKEND_BINARIES=(
     'conformance*'
     'reuse*'
     'model*'
+    'suite*'
+    'leaks*'
 )
 # Every binary runs with this backend.
 DEFAULT_BACKEND=afd
