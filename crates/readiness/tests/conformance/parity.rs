@@ -329,3 +329,102 @@ fn registrations_change_under_concurrent_waits() {
     expect_none(&poller, &mut events, SHORT);
     let _ = (&pairs[0].0).flush();
 }
+
+/// The pattern of a runtime with a fallback driver: one thread blocks in
+/// `wait`, another looks with zero timeouts, and whichever gets a oneshot
+/// event echoes what the socket holds and re-arms it (sometimes only after
+/// its next wait has started, so the re-arm replaces a park on Windows).
+/// Clients send one byte at a time and wait for it back: every byte must
+/// come back, and no connection may stall.
+#[test]
+fn two_waiters_rearming_oneshots_never_stall() {
+    use std::io::Read;
+    const CONNS: usize = 16;
+    const ROUNDS: usize = 150;
+    let poller = Arc::new(poller());
+    let pairs: Vec<_> = (0..CONNS).map(|_| tcp_pair()).collect();
+    let servers: Arc<Vec<_>> =
+        Arc::new(pairs.iter().map(|(_, s)| s.try_clone().unwrap()).collect());
+    for (i, s) in servers.iter().enumerate() {
+        poller.add(s, i, Interest::READABLE, Mode::Oneshot).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = |blocking: bool| {
+        let (poller, servers, stop) =
+            (Arc::clone(&poller), Arc::clone(&servers), Arc::clone(&stop));
+        thread::spawn(move || {
+            let mut events = Events::with_capacity(4);
+            let mut late: Vec<usize> = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                let timeout = if blocking {
+                    Duration::from_millis(50)
+                } else {
+                    Duration::ZERO
+                };
+                poller.wait(&mut events, Some(timeout)).unwrap();
+                // Re-arms left for after this wait (a park may be in place).
+                for key in late.drain(..) {
+                    poller
+                        .modify(&servers[key], key, Interest::READABLE, Mode::Oneshot)
+                        .unwrap();
+                }
+                for e in &events {
+                    let key = e.key();
+                    let mut s = &servers[key];
+                    let mut buf = [0u8; 64];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(k) => send(s, &buf[..k]),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => panic!("read: {e}"),
+                        }
+                    }
+                    n += 1;
+                    if n % 3 == 0 {
+                        late.push(key);
+                    } else {
+                        poller
+                            .modify(&servers[key], key, Interest::READABLE, Mode::Oneshot)
+                            .unwrap();
+                    }
+                }
+                if !blocking {
+                    thread::yield_now();
+                }
+            }
+        })
+    };
+    let waiters = [handle(true), handle(false)];
+    let clients: Vec<_> = pairs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (c, _))| {
+            thread::spawn(move || {
+                c.set_nonblocking(false).unwrap();
+                c.set_read_timeout(Some(LONG)).unwrap();
+                let mut c = c;
+                for round in 0..ROUNDS {
+                    let b = [(round % 251) as u8];
+                    std::io::Write::write_all(&mut c, &b).unwrap();
+                    let mut got = [0u8; 1];
+                    if let Err(e) = c.read_exact(&mut got) {
+                        return Err(format!(
+                            "connection {i}: round {round}: no echo within {LONG:?}: {e}"
+                        ));
+                    }
+                    assert_eq!(got, b);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    stop.store(true, Ordering::Release);
+    for w in waiters {
+        w.join().unwrap();
+    }
+    let failed: Vec<_> = results.into_iter().filter_map(Result::err).collect();
+    assert!(failed.is_empty(), "{}: {failed:?}", poller.backend());
+}
