@@ -109,16 +109,21 @@ pub struct Cell {
     pub client: ClientReport,
 }
 
-/// One strace count of one server on one workload.
+/// One system-call count of one server on one workload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SyscallCount {
+    /// `perf` (tracepoint counters: the server runs at full speed) or
+    /// `strace` (`strace -c -f`: every call stops the server, which changes
+    /// how much each wake-up finds to do).
+    pub tool: String,
     /// Server name.
     pub server: String,
     /// The workload.
     pub workload: Workload,
     /// Round trips the client made while strace was attached.
     pub round_trips: u64,
-    /// Calls per system call name, over those round trips.
+    /// Calls per system call name, over those round trips (with perf, the
+    /// calls not counted by name are under `other`).
     pub calls: Vec<(String, u64)>,
 }
 
@@ -205,6 +210,7 @@ mod tests {
     #[test]
     fn syscalls_per_round_trip() {
         let c = SyscallCount {
+            tool: "strace".into(),
             server: "x".into(),
             workload: Workload::MATRIX[0],
             round_trips: 4,
