@@ -105,6 +105,10 @@ pub struct Cell {
     pub workload: Workload,
     /// Repetition (0-based).
     pub rep: u32,
+    /// The machine's 1-minute load average when the run started
+    /// (`/proc/loadavg`): other work on the machine shows here.
+    #[serde(default)]
+    pub loadavg: Option<f64>,
     /// The client's report.
     pub client: ClientReport,
 }
@@ -214,7 +218,11 @@ mod tests {
             server: "x".into(),
             workload: Workload::MATRIX[0],
             round_trips: 4,
-            calls: vec![("read".into(), 4), ("write".into(), 4), ("epoll_wait".into(), 2)],
+            calls: vec![
+                ("read".into(), 4),
+                ("write".into(), 4),
+                ("epoll_wait".into(), 2),
+            ],
         };
         assert_eq!(c.per_round_trip(), 2.5);
     }

@@ -22,8 +22,15 @@ fn bad_input(args: &[&str], code: i32, needle: &str) {
     let out = readiness(&all);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "{args:?}: stderr {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: not one line: {stderr}");
-    assert!(stderr.contains(needle), "{args:?}: {stderr:?} lacks {needle:?}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: {stderr:?} lacks {needle:?}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.starts_with("readiness: "), "{stderr}");
 }
@@ -36,8 +43,16 @@ fn closed_port() -> u16 {
 
 #[test]
 fn unparsable_addresses() {
-    bad_input(&["--addr", "nowhere", "--duration", "1"], 2, "'nowhere' is not an address");
-    bad_input(&["--addr", "127.0.0.1", "--duration", "1"], 2, "is not an address");
+    bad_input(
+        &["--addr", "nowhere", "--duration", "1"],
+        2,
+        "'nowhere' is not an address",
+    );
+    bad_input(
+        &["--addr", "127.0.0.1", "--duration", "1"],
+        2,
+        "is not an address",
+    );
     bad_input(&["--addr", "127.0.0.1:70000"], 2, "is not an address");
 }
 
@@ -52,23 +67,47 @@ fn addresses_nothing_can_connect_to() {
 fn connection_refused() {
     let addr = format!("127.0.0.1:{}", closed_port());
     let needle = format!("cannot connect to {addr}: ");
-    bad_input(&["--addr", &addr, "--connections", "3", "--duration", "1"], 1, &needle);
+    bad_input(
+        &["--addr", &addr, "--connections", "3", "--duration", "1"],
+        1,
+        &needle,
+    );
 }
 
 #[test]
 fn zero_connections_and_zero_duration() {
-    bad_input(&["--addr", "127.0.0.1:9", "--connections", "0"], 2, "--connections");
-    bad_input(&["--addr", "127.0.0.1:9", "--duration", "0"], 2, "must be longer than 0");
-    bad_input(&["--addr", "127.0.0.1:9", "--duration", "soon"], 2, "not a duration");
+    bad_input(
+        &["--addr", "127.0.0.1:9", "--connections", "0"],
+        2,
+        "--connections",
+    );
+    bad_input(
+        &["--addr", "127.0.0.1:9", "--duration", "0"],
+        2,
+        "must be longer than 0",
+    );
+    bad_input(
+        &["--addr", "127.0.0.1:9", "--duration", "soon"],
+        2,
+        "not a duration",
+    );
     bad_input(&["--addr", "127.0.0.1:9", "--depth", "0"], 2, "--depth");
 }
 
 #[test]
 fn unknown_or_absent_backend() {
     let addr = format!("127.0.0.1:{}", closed_port());
-    bad_input(&["--addr", &addr, "--backend", "nope"], 1, "unknown backend 'nope'");
+    bad_input(
+        &["--addr", &addr, "--backend", "nope"],
+        1,
+        "unknown backend 'nope'",
+    );
     let absent = if cfg!(windows) { "epoll" } else { "afd" };
-    bad_input(&["--addr", &addr, "--backend", absent], 1, "not built for this OS");
+    bad_input(
+        &["--addr", &addr, "--backend", absent],
+        1,
+        "not built for this OS",
+    );
 }
 
 #[test]
@@ -120,10 +159,28 @@ fn json(out: &Output) -> serde_json::Value {
 fn a_run_validates_every_byte() {
     let addr = echo_server(false);
     let out = readiness(&[
-        "echo-client", "--addr", &addr, "--connections", "3", "--size", "1000", "--depth", "3",
-        "--duration", "300ms", "--warmup", "100ms", "--idle", "2", "--json",
+        "echo-client",
+        "--addr",
+        &addr,
+        "--connections",
+        "3",
+        "--size",
+        "1000",
+        "--depth",
+        "3",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--idle",
+        "2",
+        "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = json(&out);
     assert_eq!(r["connected"], 3);
     assert_eq!(r["idle_connected"], 2);
@@ -138,10 +195,28 @@ fn a_run_validates_every_byte() {
 fn exactly_the_round_trips_asked_for() {
     let addr = echo_server(false);
     let out = readiness(&[
-        "echo-client", "--addr", &addr, "--connections", "4", "--size", "64", "--depth", "5",
-        "--duration", "30s", "--warmup", "50ms", "--round-trips", "1001", "--json",
+        "echo-client",
+        "--addr",
+        &addr,
+        "--connections",
+        "4",
+        "--size",
+        "64",
+        "--depth",
+        "5",
+        "--duration",
+        "30s",
+        "--warmup",
+        "50ms",
+        "--round-trips",
+        "1001",
+        "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(json(&out)["round_trips"], 1001);
 }
 
@@ -149,12 +224,23 @@ fn exactly_the_round_trips_asked_for() {
 fn a_wrong_byte_fails_the_run() {
     let addr = echo_server(true);
     let out = readiness(&[
-        "echo-client", "--addr", &addr, "--connections", "2", "--size", "64", "--duration",
-        "200ms", "--json",
+        "echo-client",
+        "--addr",
+        &addr,
+        "--connections",
+        "2",
+        "--size",
+        "64",
+        "--duration",
+        "200ms",
+        "--json",
     ]);
     assert_eq!(out.status.code(), Some(1));
     let r = json(&out);
-    assert_eq!(r["validation_failures"], 2, "one bad message per connection: {r}");
+    assert_eq!(
+        r["validation_failures"], 2,
+        "one bad message per connection: {r}"
+    );
 }
 
 #[test]
@@ -167,7 +253,16 @@ fn the_server_closing_is_reported() {
             drop(s);
         }
     });
-    let out = readiness(&["echo-client", "--addr", &addr, "--connections", "2", "--duration", "200ms", "--json"]);
+    let out = readiness(&[
+        "echo-client",
+        "--addr",
+        &addr,
+        "--connections",
+        "2",
+        "--duration",
+        "200ms",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let r = json(&out);
     assert_eq!(r["disconnects"], 2, "{r}");

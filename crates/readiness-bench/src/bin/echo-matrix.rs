@@ -90,11 +90,16 @@ struct Args {
 fn parse_workload(s: &str) -> Result<Workload, String> {
     let parts: Vec<u64> = s
         .split(':')
-        .map(|p| p.parse().map_err(|_| format!("'{s}': expected CONNECTIONS:SIZE:DEPTH")))
+        .map(|p| {
+            p.parse()
+                .map_err(|_| format!("'{s}': expected CONNECTIONS:SIZE:DEPTH"))
+        })
         .collect::<Result<_, _>>()?;
     match parts[..] {
         [c, size, d] if c > 0 && size > 0 && d > 0 => Ok(Workload::new(c, size, d)),
-        _ => Err(format!("'{s}': expected CONNECTIONS:SIZE:DEPTH, each above 0")),
+        _ => Err(format!(
+            "'{s}': expected CONNECTIONS:SIZE:DEPTH, each above 0"
+        )),
     }
 }
 
@@ -223,7 +228,10 @@ fn run_client(env: &Env, args: &[String], limit: Duration) -> io::Result<ClientR
     let out = child.wait_with_output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report: ClientReport = serde_json::from_slice(&out.stdout).map_err(|e| {
-        io::Error::other(format!("client report ({e}); status {}, stderr: {stderr}", out.status))
+        io::Error::other(format!(
+            "client report ({e}); status {}, stderr: {stderr}",
+            out.status
+        ))
     })?;
     if !out.status.success() {
         eprintln!("  client exited with {}: {}", out.status, stderr.trim());
@@ -231,10 +239,23 @@ fn run_client(env: &Env, args: &[String], limit: Duration) -> io::Result<ClientR
     Ok(report)
 }
 
+/// The 1-minute load average.
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn save(out: &Path, results: &Results) -> io::Result<()> {
     std::fs::create_dir_all(out)?;
     let tmp = out.join("results.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(results).map_err(io::Error::other)?)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(results).map_err(io::Error::other)?,
+    )?;
     std::fs::rename(tmp, out.join("results.json"))
 }
 
@@ -261,18 +282,30 @@ fn machine(results: &mut Results) {
         })
         .unwrap_or_default();
     let commit = command_output("git", &["rev-parse", "--short", "HEAD"]);
-    let dirty = !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
-    results.commit = if dirty { format!("{commit} (dirty)") } else { commit };
+    let dirty =
+        !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    results.commit = if dirty {
+        format!("{commit} (dirty)")
+    } else {
+        commit
+    };
     results.command = std::env::args().collect::<Vec<_>>().join(" ");
 }
 
-fn timed(env: &mut Env, args: &Args, servers: &[Server], workloads: &[Workload], results: &mut Results) -> io::Result<()> {
+fn timed(
+    env: &mut Env,
+    args: &Args,
+    servers: &[Server],
+    workloads: &[Workload],
+    results: &mut Results,
+) -> io::Result<()> {
     let total = args.reps as usize * workloads.len() * servers.len();
     let mut n = 0;
     for rep in 0..args.reps {
         for w in workloads {
             for &server in servers {
                 n += 1;
+                let loadavg = loadavg();
                 let peer = Peer::start(env, server)?;
                 let mut cargs = client_args(w, &peer, args.duration, args.warmup);
                 cargs.extend(["--local-addr".into(), env.local_addrs()]);
@@ -284,10 +317,17 @@ fn timed(env: &mut Env, args: &Args, servers: &[Server], workloads: &[Workload],
                             w.id(),
                             client.round_trips_per_s,
                             client.p99_us,
-                            client.server_cpu_s.unwrap_or(f64::NAN) * 1e6 / client.round_trips.max(1) as f64,
+                            client.server_cpu_s.unwrap_or(f64::NAN) * 1e6
+                                / client.round_trips.max(1) as f64,
                             client.validation_failures
                         );
-                        results.cells.push(Cell { server: server.name().into(), workload: *w, rep, client });
+                        results.cells.push(Cell {
+                            server: server.name().into(),
+                            workload: *w,
+                            rep,
+                            loadavg,
+                            client,
+                        });
                     }
                     Err(e) => eprintln!("[{n}/{total}] rep {rep} {} {server}: FAILED: {e}", w.id()),
                 }
@@ -367,7 +407,10 @@ fn wait_traced(pid: u32, timeout: Duration) -> io::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "strace did not attach"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "strace did not attach",
+            ));
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -385,7 +428,9 @@ fn with_strace(
     let mut strace: Option<Child> = None;
     let result = (|| {
         expect_line(cerr, "ready", Duration::from_secs(60))?;
-        let file = args.out.join(format!("strace-{}-{}.txt", server.name(), w.id()));
+        let file = args
+            .out
+            .join(format!("strace-{}-{}.txt", server.name(), w.id()));
         let child = strace.insert(
             Command::new("strace")
                 .args(["-c", "-f", "-p", &peer.pid().to_string(), "-o"])
@@ -414,13 +459,31 @@ fn with_strace(
 
 /// System calls counted by name with perf (the rest is `other`).
 const PERF_SYSCALLS: [&str; 19] = [
-    "read", "recvfrom", "readv", "recvmsg", "write", "sendto", "writev", "sendmsg", "epoll_wait",
-    "epoll_pwait", "epoll_pwait2", "epoll_ctl", "poll", "ppoll", "futex", "timerfd_settime",
-    "ioctl", "accept4", "close",
+    "read",
+    "recvfrom",
+    "readv",
+    "recvmsg",
+    "write",
+    "sendto",
+    "writev",
+    "sendmsg",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "epoll_ctl",
+    "poll",
+    "ppoll",
+    "futex",
+    "timerfd_settime",
+    "ioctl",
+    "accept4",
+    "close",
 ];
 
 fn interrupt(pid: u32) -> io::Result<()> {
-    let status = Command::new("kill").args(["-INT", &pid.to_string()]).status()?;
+    let status = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
     if status.success() {
         Ok(())
     } else {
@@ -448,7 +511,9 @@ fn with_perf(
             return Err(io::Error::other("mkfifo failed"));
         }
     }
-    let file = args.out.join(format!("perf-{}-{}.csv", server.name(), w.id()));
+    let file = args
+        .out
+        .join(format!("perf-{}-{}.csv", server.name(), w.id()));
     expect_line(cerr, "ready", Duration::from_secs(60))?;
     let mut cmd = Command::new("perf");
     cmd.args(["stat", "-x", ",", "-D", "-1", "--control"])
@@ -499,10 +564,10 @@ fn parse_perf(text: &str) -> io::Result<Vec<(String, u64)>> {
         let count: u64 = f[0].trim().parse().unwrap_or(0);
         if f[2] == "raw_syscalls:sys_enter" {
             total = Some(count);
-        } else if let Some(name) = f[2].strip_prefix("syscalls:sys_enter_") {
-            if count > 0 {
-                calls.push((name.to_string(), count));
-            }
+        } else if let Some(name) = f[2].strip_prefix("syscalls:sys_enter_")
+            && count > 0
+        {
+            calls.push((name.to_string(), count));
         }
     }
     let total = total.ok_or_else(|| io::Error::other("no raw_syscalls count in perf output"))?;
@@ -546,9 +611,8 @@ fn count_syscalls(
     drop(cin);
     let out = client.wait_with_output()?;
     let calls = result?;
-    let report: ClientReport = serde_json::from_slice(&out.stdout).map_err(|e| {
-        io::Error::other(format!("client report: {e}"))
-    })?;
+    let report: ClientReport = serde_json::from_slice(&out.stdout)
+        .map_err(|e| io::Error::other(format!("client report: {e}")))?;
     drop(peer);
     Ok(SyscallCount {
         tool: tool.into(),
@@ -559,7 +623,13 @@ fn count_syscalls(
     })
 }
 
-fn syscalls(env: &mut Env, args: &Args, servers: &[Server], workloads: &[Workload], results: &mut Results) -> io::Result<()> {
+fn syscalls(
+    env: &mut Env,
+    args: &Args,
+    servers: &[Server],
+    workloads: &[Workload],
+    results: &mut Results,
+) -> io::Result<()> {
     for tool in &args.syscall_tools {
         for w in workloads {
             for &server in servers {
@@ -598,15 +668,21 @@ fn scale(env: &mut Env, args: &Args, servers: &[Server], results: &mut Results) 
                 let limit = Duration::from_secs_f64(args.duration + args.warmup + 180.0);
                 match run_client(env, &cargs, limit) {
                     Ok(client) => {
-                        let per = match (client.server_rss_start_kib, client.server_rss_connected_kib) {
-                            (Some(a), Some(b)) => format!("RSS {a} -> {b} KiB"),
-                            _ => "no RSS".into(),
-                        };
+                        let per =
+                            match (client.server_rss_start_kib, client.server_rss_connected_kib) {
+                                (Some(a), Some(b)) => format!("RSS {a} -> {b} KiB"),
+                                _ => "no RSS".into(),
+                            };
                         eprintln!(
                             "scale rep {rep} {server} idle {idle}: p50 {:.1} µs, p99 {:.1} µs, {per}",
                             client.p50_us, client.p99_us
                         );
-                        results.scale.push(ScaleRun { server: server.name().into(), idle, rep, client });
+                        results.scale.push(ScaleRun {
+                            server: server.name().into(),
+                            idle,
+                            rep,
+                            client,
+                        });
                     }
                     Err(e) => eprintln!("scale {server} idle {idle}: FAILED: {e}"),
                 }
@@ -626,7 +702,10 @@ fn main() -> ExitCode {
         .unwrap_or_default();
     let mut env = Env {
         peer: args.peer.clone().unwrap_or_else(|| here.join("echo-peer")),
-        client: args.client.clone().unwrap_or_else(|| here.join("readiness")),
+        client: args
+            .client
+            .clone()
+            .unwrap_or_else(|| here.join("readiness")),
         pin: !args.no_pin,
         runs: 0,
     };
@@ -637,7 +716,10 @@ fn main() -> ExitCode {
     }
     for p in [&env.peer, &env.client] {
         if !p.exists() {
-            eprintln!("echo-matrix: {} not found (build it with --release first)", p.display());
+            eprintln!(
+                "echo-matrix: {} not found (build it with --release first)",
+                p.display()
+            );
             return ExitCode::FAILURE;
         }
     }
@@ -705,7 +787,11 @@ mod tests {
 ";
         assert_eq!(
             parse_strace(text),
-            vec![("write".into(), 20000), ("read".into(), 20000), ("epoll_wait".into(), 9000)]
+            vec![
+                ("write".into(), 20000),
+                ("read".into(), 20000),
+                ("epoll_wait".into(), 9000)
+            ]
         );
     }
 
@@ -718,14 +804,21 @@ mod tests {
 5000,,syscalls:sys_enter_sendto,86554304,100.00,,\n";
         assert_eq!(
             parse_perf(text).unwrap(),
-            vec![("recvfrom".into(), 5000), ("sendto".into(), 5000), ("other".into(), 534)]
+            vec![
+                ("recvfrom".into(), 5000),
+                ("sendto".into(), 5000),
+                ("other".into(), 534)
+            ]
         );
         assert!(parse_perf("").is_err());
     }
 
     #[test]
     fn workloads_parse() {
-        assert_eq!(parse_workload("100:64:16").unwrap(), Workload::new(100, 64, 16));
+        assert_eq!(
+            parse_workload("100:64:16").unwrap(),
+            Workload::new(100, 64, 16)
+        );
         assert!(parse_workload("100:64").is_err());
         assert!(parse_workload("0:64:1").is_err());
     }

@@ -15,7 +15,10 @@ use clap::Parser;
 use readiness_bench::echo::{self, Server};
 
 #[derive(Parser)]
-#[command(name = "echo-peer", about = "A single-threaded echo server of the echo benchmark")]
+#[command(
+    name = "echo-peer",
+    about = "A single-threaded echo server of the echo benchmark"
+)]
 struct Args {
     /// The server: epoll (the floor, Linux), raw, mio, polling, tokio, smol
     /// (net and async are pending).

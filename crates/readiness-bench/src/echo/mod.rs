@@ -335,7 +335,12 @@ mod tests {
         for s in Server::ALL {
             assert_eq!(s.name().parse::<Server>().unwrap(), s);
         }
-        assert!("nope".parse::<Server>().unwrap_err().contains("unknown server 'nope'"));
+        assert!(
+            "nope"
+                .parse::<Server>()
+                .unwrap_err()
+                .contains("unknown server 'nope'")
+        );
         assert!(!Server::Net.is_built() && !Server::Async.is_built());
     }
 
@@ -366,11 +371,17 @@ mod tests {
             if let Ok(n) = (&client).write(&chunk) {
                 sent += n;
             }
-            assert_eq!(conn.step(&server, &mut buf, true, false, ReadRule::UntilShort), Status::Open);
+            assert_eq!(
+                conn.step(&server, &mut buf, true, false, ReadRule::UntilShort),
+                Status::Open
+            );
         }
         // While pending, a readable event reads nothing.
         let pending = conn.pending.len() - conn.written;
-        assert_eq!(conn.step(&server, &mut buf, true, false, ReadRule::UntilShort), Status::Open);
+        assert_eq!(
+            conn.step(&server, &mut buf, true, false, ReadRule::UntilShort),
+            Status::Open
+        );
         assert_eq!(conn.pending.len() - conn.written, pending);
         // Drain the client; everything sent comes back.
         let mut got = 0usize;
@@ -385,7 +396,10 @@ mod tests {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("{e}"),
             }
-            assert_eq!(conn.step(&server, &mut buf, false, true, ReadRule::UntilShort), Status::Open);
+            assert_eq!(
+                conn.step(&server, &mut buf, false, true, ReadRule::UntilShort),
+                Status::Open
+            );
         }
         assert_eq!(got, sent);
         drop(client);

@@ -71,7 +71,10 @@ async fn echo(stream: Async<TcpStream>, buf: Rc<RefCell<Vec<u8>>>) {
         }
         let mut written = 0;
         while written < pending.len() {
-            match stream.write_with(|mut s| s.write(&pending[written..])).await {
+            match stream
+                .write_with(|mut s| s.write(&pending[written..]))
+                .await
+            {
                 Ok(n) => written += n,
                 Err(_) => return,
             }

@@ -116,7 +116,8 @@ pub(crate) fn run(listener: TcpListener) -> io::Result<()> {
             let bad = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
             let readable = bits & (libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32 | bad) != 0;
             let writable = bits & (libc::EPOLLOUT as u32 | bad) != 0;
-            if conn.step(stream, &mut buf, readable, writable, ReadRule::UntilShort) == Status::Closed
+            if conn.step(stream, &mut buf, readable, writable, ReadRule::UntilShort)
+                == Status::Closed
             {
                 // Closing the descriptor removes it from the interest list.
                 drop(conns.remove(key));

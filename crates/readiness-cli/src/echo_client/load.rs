@@ -209,7 +209,13 @@ impl ConnLoad {
     }
 
     /// Bytes arrived at `now`: checks them, completes messages.
-    pub fn received(&mut self, mut data: &[u8], now: Instant, pattern: &Pattern, stats: &mut Stats) {
+    pub fn received(
+        &mut self,
+        mut data: &[u8],
+        now: Instant,
+        pattern: &Pattern,
+        stats: &mut Stats,
+    ) {
         if self.received + data.len() as u64 > self.sent {
             // Bytes that were never sent came back.
             stats.validation_failures += 1;

@@ -26,7 +26,7 @@ use load::{Budget, ConnLoad, Pattern, Stats};
 /// The options of `readiness echo-client`.
 #[derive(Args, Debug, Clone)]
 pub struct EchoClientArgs {
-    /// Server address: IP:PORT, [IPv6]:PORT or localhost:PORT.
+    /// Server address: IP:PORT (an IPv6 address in brackets) or localhost:PORT.
     #[arg(long, value_parser = parse_addr)]
     pub addr: SocketAddr,
     /// Active connections.
@@ -83,9 +83,7 @@ pub struct EchoClientArgs {
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     let addr = match s.strip_prefix("localhost:") {
         Some(port) => {
-            let port: u16 = port
-                .parse()
-                .map_err(|_| format!("invalid port in '{s}'"))?;
+            let port: u16 = port.parse().map_err(|_| format!("invalid port in '{s}'"))?;
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
         }
         None => s.parse().map_err(|_| {
@@ -97,7 +95,9 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     }
     let ip = addr.ip();
     if ip.is_unspecified() {
-        return Err(format!("'{s}': the unspecified address cannot be connected to"));
+        return Err(format!(
+            "'{s}': the unspecified address cannot be connected to"
+        ));
     }
     if ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
         return Err(format!("'{s}': not a unicast address"));
@@ -358,8 +358,7 @@ pub trait Transport {
     /// Connects every connection of `load` (at most `timeout` each) and
     /// moves bytes until every connection has connected or failed and
     /// [`Load::idle_settled`] holds, or `deadline` passes (an error).
-    fn connect(&mut self, load: &mut Load, timeout: Duration, deadline: Instant)
-    -> io::Result<()>;
+    fn connect(&mut self, load: &mut Load, timeout: Duration, deadline: Instant) -> io::Result<()>;
     /// Moves bytes between the connected sockets and `load` (first offering
     /// every connection a chance to send, since budgets or the enabled flags
     /// may have changed) until `done(load)` or `deadline`.
@@ -397,9 +396,8 @@ pub fn run(args: &EchoClientArgs) -> io::Result<Report> {
     }
     let pid = args.server_pid;
     if let Some(pid) = pid {
-        procfs::cpu_seconds(pid).map_err(|e| {
-            io::Error::new(e.kind(), format!("server process {pid}: {e}"))
-        })?;
+        procfs::cpu_seconds(pid)
+            .map_err(|e| io::Error::new(e.kind(), format!("server process {pid}: {e}")))?;
     }
     crate::raise_fd_limit();
     let mut transport = poller::PollerTransport::new(backend, args.addr, &args.local_addr)?;
@@ -541,9 +539,17 @@ mod tests {
             assert!(parse_addr(bad).unwrap_err().contains(bad), "{bad}");
         }
         assert!(parse_addr("127.0.0.1:0").unwrap_err().contains("port 0"));
-        assert!(parse_addr("0.0.0.0:80").unwrap_err().contains("unspecified"));
+        assert!(
+            parse_addr("0.0.0.0:80")
+                .unwrap_err()
+                .contains("unspecified")
+        );
         assert!(parse_addr("224.0.0.1:80").unwrap_err().contains("unicast"));
-        assert!(parse_addr("255.255.255.255:80").unwrap_err().contains("unicast"));
+        assert!(
+            parse_addr("255.255.255.255:80")
+                .unwrap_err()
+                .contains("unicast")
+        );
     }
 
     #[test]
@@ -554,6 +560,10 @@ mod tests {
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("1e9").is_err());
-        assert!(parse_duration_nonzero("0").unwrap_err().contains("longer than 0"));
+        assert!(
+            parse_duration_nonzero("0")
+                .unwrap_err()
+                .contains("longer than 0")
+        );
     }
 }

@@ -63,7 +63,11 @@ fn in_progress(e: &io::Error) -> bool {
 impl PollerTransport {
     /// A transport to `addr` on `backend`, binding connections round robin
     /// to the `local` addresses (none: the OS picks).
-    pub fn new(backend: Backend, addr: SocketAddr, local: &[IpAddr]) -> io::Result<PollerTransport> {
+    pub fn new(
+        backend: Backend,
+        addr: SocketAddr,
+        local: &[IpAddr],
+    ) -> io::Result<PollerTransport> {
         let poller = Poller::with_backend(backend)?;
         let edge = poller.supports_edge();
         Ok(PollerTransport {
@@ -95,7 +99,11 @@ impl PollerTransport {
             Err(e) => return Err(e),
         }
         let stream: TcpStream = socket.into();
-        let interest = if self.edge { Interest::BOTH } else { Interest::WRITABLE };
+        let interest = if self.edge {
+            Interest::BOTH
+        } else {
+            Interest::WRITABLE
+        };
         self.poller.add(&stream, i, interest, self.mode())?;
         self.slots[i] = Slot {
             stream: Some(stream),
@@ -115,7 +123,10 @@ impl PollerTransport {
 
     /// A connect finished (writable or failed).
     fn finish_connect(&mut self, i: usize, load: &mut Load) {
-        let stream = self.slots[i].stream.as_ref().expect("connecting slot has a socket");
+        let stream = self.slots[i]
+            .stream
+            .as_ref()
+            .expect("connecting slot has a socket");
         let result = match stream.take_error() {
             Ok(Some(e)) => Err(e),
             Err(e) => Err(e),
@@ -243,7 +254,10 @@ impl PollerTransport {
     }
 
     fn wait(&mut self, load: &mut Load, timeout: Duration) -> io::Result<()> {
-        let mut events = self.events.take().expect("events are put back after each wait");
+        let mut events = self
+            .events
+            .take()
+            .expect("events are put back after each wait");
         let result = self.poller.wait(&mut events, Some(timeout));
         if result.is_ok() {
             for &ev in &events {
@@ -302,7 +316,10 @@ impl Transport for PollerTransport {
             if now >= deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("set-up of {total} connections to {} not done in time", self.addr),
+                    format!(
+                        "set-up of {total} connections to {} not done in time",
+                        self.addr
+                    ),
                 ));
             }
             self.wait(load, Duration::from_millis(100))?;
