@@ -155,11 +155,29 @@ fn json(out: &Output) -> serde_json::Value {
     })
 }
 
+/// Every backend of this OS: edge-triggered (epoll, kqueue) and oneshot
+/// (poll(2), Windows) registrations take different paths in the client.
+const BACKENDS: &[&str] = if cfg!(windows) {
+    &["afd", "afd-direct"]
+} else if cfg!(any(target_os = "linux", target_os = "android")) {
+    &["epoll", "poll"]
+} else {
+    &["kqueue", "poll"]
+};
+
 #[test]
 fn a_run_validates_every_byte() {
+    for backend in BACKENDS {
+        a_run_on(backend);
+    }
+}
+
+fn a_run_on(backend: &str) {
     let addr = echo_server(false);
     let out = readiness(&[
         "echo-client",
+        "--backend",
+        backend,
         "--addr",
         &addr,
         "--connections",
@@ -182,6 +200,7 @@ fn a_run_validates_every_byte() {
         String::from_utf8_lossy(&out.stderr)
     );
     let r = json(&out);
+    assert_eq!(r["backend"], backend);
     assert_eq!(r["connected"], 3);
     assert_eq!(r["idle_connected"], 2);
     assert_eq!(r["validation_failures"], 0);

@@ -377,7 +377,7 @@ fn expect_line(rx: &mpsc::Receiver<String>, want: &str, timeout: Duration) -> io
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) if line.trim() == want || line.contains(want) => return Ok(()),
+            Ok(line) if line.trim() == want => return Ok(()),
             Ok(_) => {}
             Err(_) => {
                 return Err(io::Error::new(

@@ -413,23 +413,25 @@ fn svg(r: &Results, path: &PathBuf) -> Result<(), Box<dyn std::error::Error>> {
         .filter(|(_, m)| *m)
         .map(|(s, _)| s)
         .collect();
-    let mut ratio: BTreeMap<(usize, usize), f64> = BTreeMap::new();
+    let mut ratio: BTreeMap<(usize, usize), (f64, f64, f64)> = BTreeMap::new();
     let mut top: f64 = 1.2;
     for (g, &w) in ws.iter().enumerate() {
         for (k, s) in rows.iter().enumerate() {
-            if let Some((m, _, _)) = stats(r, s, w).ratio {
-                ratio.insert((g, k), m);
-                top = top.max(m * 1.1);
+            if let Some(v) = stats(r, s, w).ratio {
+                ratio.insert((g, k), v);
+                top = top.max(v.2);
             }
         }
     }
+    // Headroom for the legend above the bars.
+    let top = top * 1.35;
     let slots = rows.len() as u32 + 1;
     let n = ws.len() as u32 * slots;
     let root = SVGBackend::new(path, (1000, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Echo server CPU per round trip / plain-epoll floor (lower is better)",
+            "Echo server CPU per round trip / plain-epoll floor (lower is better; whiskers: range over repetitions)",
             ("sans-serif", 20),
         )
         .margin(12)
@@ -454,7 +456,7 @@ fn svg(r: &Results, path: &PathBuf) -> Result<(), Box<dyn std::error::Error>> {
         let bars: Vec<_> = ratio
             .iter()
             .filter(|((_, kk), _)| *kk == k)
-            .map(|((g, _), &v)| {
+            .map(|((g, _), &(v, _, _))| {
                 let i = *g as u32 * slots + k as u32;
                 Rectangle::new(
                     [
@@ -470,6 +472,17 @@ fn svg(r: &Results, path: &PathBuf) -> Result<(), Box<dyn std::error::Error>> {
             .label(s.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
+    // The range of the per-repetition ratios, as a whisker on each bar.
+    chart.draw_series(ratio.iter().map(|((g, k), &(_, lo, hi))| {
+        let i = *g as u32 * slots + *k as u32;
+        PathElement::new(
+            [
+                (SegmentValue::CenterOf(i), lo),
+                (SegmentValue::CenterOf(i), hi),
+            ],
+            BLACK.stroke_width(1),
+        )
+    }))?;
     chart.draw_series(LineSeries::new(
         [(SegmentValue::Exact(0), 1.0), (SegmentValue::Exact(n), 1.0)],
         BLACK.stroke_width(1),
