@@ -377,7 +377,10 @@ fn expect_line(rx: &mpsc::Receiver<String>, want: &str, timeout: Duration) -> io
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) if line.trim() == want => return Ok(()),
+            // perf ends each "ack\n" with a NUL, which starts the next line.
+            Ok(line) if line.trim_matches(|c: char| c.is_whitespace() || c == '\0') == want => {
+                return Ok(());
+            }
             Ok(_) => {}
             Err(_) => {
                 return Err(io::Error::new(
@@ -811,6 +814,24 @@ mod tests {
             ]
         );
         assert!(parse_perf("").is_err());
+    }
+
+    #[test]
+    fn expected_lines_ignore_nuls_and_spaces() {
+        let (tx, rx) = mpsc::channel();
+        for l in [
+            "ack",
+            "\0ack",
+            " done ",
+            "1 of 2 round trips done within --duration",
+        ] {
+            tx.send(l.to_string()).unwrap();
+        }
+        expect_line(&rx, "ack", Duration::from_secs(1)).unwrap();
+        expect_line(&rx, "ack", Duration::from_secs(1)).unwrap();
+        expect_line(&rx, "done", Duration::from_secs(1)).unwrap();
+        // A line that only contains the word does not count.
+        assert!(expect_line(&rx, "done", Duration::from_millis(50)).is_err());
     }
 
     #[test]

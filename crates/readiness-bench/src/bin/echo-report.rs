@@ -1,5 +1,9 @@
-//! `echo-report RESULTS.json [--markdown FILE] [--svg FILE]`: the tables and
-//! the chart of the echo benchmark from what `echo-matrix` measured.
+//! `echo-report RESULTS.json... [--markdown FILE] [--svg FILE]`: the tables
+//! and the chart of the echo benchmark from what `echo-matrix` measured.
+//! Several results files (e.g. the timed matrix from one run and the syscall
+//! counts or the scale part from another) are merged: their runs are put
+//! together, the machine and date are the first file's, and every file's
+//! command is listed.
 //!
 //! Every figure is a median over the repetitions. The CPU ratio of a server
 //! on a workload is the median over repetitions of (its server CPU per round
@@ -26,9 +30,9 @@ use readiness_bench::results::{Results, Workload, median};
 #[derive(Parser)]
 #[command(name = "echo-report", about = "Tables and chart of the echo benchmark")]
 struct Args {
-    /// The results of echo-matrix.
+    /// The results of echo-matrix (several: merged).
     #[arg(default_value = "target/bench-echo/results.json")]
-    results: PathBuf,
+    results: Vec<PathBuf>,
     /// Write the markdown here (default: stdout).
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -499,15 +503,37 @@ fn svg(r: &Results, path: &PathBuf) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let results: Results = match std::fs::read(&args.results)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("echo-report: {}: {e}", args.results.display());
-            return ExitCode::FAILURE;
+    let mut results: Option<Results> = None;
+    for path in &args.results {
+        let r: Results = match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("echo-report: {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        match &mut results {
+            None => results = Some(r),
+            Some(all) => {
+                all.command = format!("{}` and `{}", all.command, r.command);
+                if all.commit != r.commit {
+                    all.commit = format!("{} and {}", all.commit, r.commit);
+                }
+                if all.date != r.date {
+                    all.date = format!("{} and {}", all.date, r.date);
+                }
+                all.cells.extend(r.cells);
+                all.syscalls.extend(r.syscalls);
+                all.scale.extend(r.scale);
+            }
         }
+    }
+    let Some(results) = results else {
+        eprintln!("echo-report: no results file");
+        return ExitCode::FAILURE;
     };
     let md = markdown(&results);
     match &args.markdown {
