@@ -2,8 +2,8 @@
 //! and the chart of the echo benchmark from what `echo-matrix` measured.
 //! Several results files (e.g. the timed matrix from one run and the syscall
 //! counts or the scale part from another) are merged: their runs are put
-//! together, the machine and date are the first file's, and every file's
-//! command is listed.
+//! together (repetitions renumbered after the earlier files'), dates and
+//! commits joined, and every file's command is listed.
 //!
 //! Every figure is a median over the repetitions. The CPU ratio of a server
 //! on a workload is the median over repetitions of (its server CPU per round
@@ -525,9 +525,20 @@ fn main() -> ExitCode {
                 if all.date != r.date {
                     all.date = format!("{} and {}", all.date, r.date);
                 }
-                all.cells.extend(r.cells);
+                // Repetitions of later files come after the earlier ones
+                // (ratios pair a server with the floor of its own
+                // repetition, so the numbers must not collide).
+                let cell_base = all.cells.iter().map(|c| c.rep + 1).max().unwrap_or(0);
+                let scale_base = all.scale.iter().map(|c| c.rep + 1).max().unwrap_or(0);
+                all.cells.extend(r.cells.into_iter().map(|mut c| {
+                    c.rep += cell_base;
+                    c
+                }));
                 all.syscalls.extend(r.syscalls);
-                all.scale.extend(r.scale);
+                all.scale.extend(r.scale.into_iter().map(|mut c| {
+                    c.rep += scale_base;
+                    c
+                }));
             }
         }
     }
