@@ -11,9 +11,12 @@ pub struct ClientReport {
     pub connections: u64,
     /// Active connections that connected.
     pub connected: u64,
-    /// Idle connections held.
+    /// Idle connections asked for.
     #[serde(default)]
     pub idle: u64,
+    /// Idle connections that connected.
+    #[serde(default)]
+    pub idle_connected: Option<u64>,
     /// Connections that failed to connect.
     pub connect_errors: u64,
     /// Connections lost during the run.

@@ -386,7 +386,7 @@ fn markdown(r: &Results) -> String {
             .iter()
             .filter(|x| {
                 x.idle > 0
-                    && (x.client.idle != x.idle
+                    && (x.client.idle_connected.is_some_and(|n| n != x.idle)
                         || x.client.connect_errors > 0
                         || x.client.disconnects > 0)
             })
