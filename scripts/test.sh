@@ -7,8 +7,9 @@
 #      rebuilt).
 #   3. Windows, cross-built and run under Wine: the raw AFD tests and the
 #      backends' own tests on the `afd` backend, and the conformance suite on
-#      both `afd` and `afd-direct` (scripts/test-windows.sh installs what it
-#      needs on a fresh machine).
+#      both `afd` and `afd-direct`; and the `readiness` command's tests (its
+#      echo-client runs on `afd` and `afd-direct` by name)
+#      (scripts/test-windows.sh installs what it needs on a fresh machine).
 # Exits non-zero if any pass fails; every pass runs either way.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ run "linux: epoll (default backend)" cargo test --workspace
 run "linux: poll(2) (forced by cfg)" env RUSTFLAGS="--cfg readiness_test_poll_backend" \
     cargo test -p readiness -p readiness-async --target-dir target/poll-backend
 run "windows under wine: afd and afd-direct" env \
-    WINE_TEST_PACKAGES="${WINE_TEST_PACKAGES:-readiness readiness-async}" scripts/test-windows.sh
+    WINE_TEST_PACKAGES="${WINE_TEST_PACKAGES:-readiness readiness-async readiness-cli}" scripts/test-windows.sh
 
 # One total over every libtest result line of every pass (the Windows pass
 # prints its binaries' own lines too).

@@ -1,17 +1,24 @@
 //! The `readiness` command.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use readiness::{Backend, Events, Interest, Mode, Poller};
 
+mod echo_client;
+
 #[derive(Parser)]
 #[command(name = "readiness", version, about = "Socket readiness on every OS")]
 struct Cli {
+    /// Diagnostics on stderr: -v info, -vv debug, -vvv trace.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,16 +28,86 @@ enum Command {
     /// Print the backends built for this OS, their capabilities, and check
     /// each with a loopback connection.
     Probe,
+    /// Load an echo server: N connections, K messages in flight each, every
+    /// echoed byte checked; prints round trips/s, MB/s and latencies.
+    EchoClient(echo_client::EchoClientArgs),
 }
 
-fn main() {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Probe => probe(),
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+                || matches!(
+                    e.kind(),
+                    ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                )
+            {
+                let _ = e.print();
+                return if e.use_stderr() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // One line: clap's first paragraph, its lines joined, without
+            // the "error: " prefix.
+            let text = e.render().to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("readiness: {message} (see --help)");
+            return ExitCode::from(2);
+        }
     };
-    if let Err(e) = result {
-        eprintln!("readiness: {e}");
-        std::process::exit(1);
+    init_tracing(cli.verbose);
+    let result = match &cli.command {
+        Command::Probe => probe().map(|()| true),
+        Command::EchoClient(args) => echo_client::main(args)
+            .map_err(|e| io::Error::new(e.kind(), format!("echo-client: {e}"))),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("readiness: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Raises the soft limit on open descriptors to the hard limit (Unix), so
+/// the client can hold the scale test's connections; failures only warn.
+pub(crate) fn raise_fd_limit() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut limit = getrlimit(Resource::Nofile);
+        if limit.current != limit.maximum {
+            limit.current = limit.maximum;
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
+                tracing::warn!("raising the descriptor limit: {e}");
+            }
+        }
     }
 }
 
