@@ -21,17 +21,49 @@ enum Command {
     /// Print the backends built for this OS, their capabilities, and check
     /// each with a loopback connection.
     Probe,
+    /// Run the article scenarios (connect refused, data, hang-ups, reset,
+    /// OOB, full send buffer, local close, accept, UDP) on one backend and
+    /// print, for each, the OS's own bits and the portable events.
+    Explore {
+        /// The backend: epoll, poll, kqueue, afd, afd-direct (default: this
+        /// OS's default).
+        #[arg(long)]
+        backend: Option<String>,
+        /// Print the markdown table of docs/EVENTS.md (this backend's column).
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Probe => probe(),
+        Command::Explore { backend, markdown } => explore(backend.as_deref(), markdown),
     };
     if let Err(e) = result {
         eprintln!("readiness: {e}");
         std::process::exit(1);
     }
+}
+
+fn explore(backend: Option<&str>, markdown: bool) -> io::Result<()> {
+    let backend = match backend {
+        None => Backend::default_for_os(),
+        Some(name) => Backend::from_name(name).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown backend {name:?} (epoll, poll, kqueue, afd, afd-direct)"),
+            )
+        })?,
+    };
+    let outcomes = readiness_cli::explore::run(backend)?;
+    if markdown {
+        print!("{}", readiness_cli::explore::table(&[(backend, outcomes)]));
+    } else {
+        print!("{}", readiness_cli::explore::render(backend, &outcomes));
+    }
+    Ok(())
 }
 
 fn probe() -> io::Result<()> {
