@@ -39,6 +39,7 @@ DIRECT_BACKEND_BINARIES=(
     'model*'
     'suite*'
     'leaks*'
+    'events_doc*'
 )
 # Every binary runs with this backend.
 DEFAULT_BACKEND=afd

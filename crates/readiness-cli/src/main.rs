@@ -31,6 +31,18 @@ enum Command {
     /// Load an echo server: N connections, K messages in flight each, every
     /// echoed byte checked; prints round trips/s, MB/s and latencies.
     EchoClient(echo_client::EchoClientArgs),
+    /// Run the article scenarios (connect refused, data, hang-ups, reset,
+    /// OOB, full send buffer, local close, accept, UDP) on one backend and
+    /// print, for each, the OS's own bits and the portable events.
+    Explore {
+        /// The backend: epoll, poll, kqueue, afd, afd-direct (default: this
+        /// OS's default).
+        #[arg(long)]
+        backend: Option<String>,
+        /// Print the markdown table of docs/EVENTS.md (this backend's column).
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +82,9 @@ fn main() -> ExitCode {
         Command::Probe => probe().map(|()| true),
         Command::EchoClient(args) => echo_client::main(args)
             .map_err(|e| io::Error::new(e.kind(), format!("echo-client: {e}"))),
+        Command::Explore { backend, markdown } => {
+            explore(backend.as_deref(), *markdown).map(|()| true)
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -109,6 +124,26 @@ pub(crate) fn raise_fd_limit() {
             }
         }
     }
+}
+
+fn explore(backend: Option<&str>, markdown: bool) -> io::Result<()> {
+    let backend = match backend {
+        None => Backend::default_for_os(),
+        Some(name) => Backend::from_name(name).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown backend {name:?} (epoll, poll, kqueue, afd, afd-direct)"),
+            )
+        })?,
+    };
+    let outcomes = readiness_cli::explore::run(backend)
+        .map_err(|e| io::Error::new(e.kind(), format!("explore on {backend}: {e}")))?;
+    if markdown {
+        print!("{}", readiness_cli::explore::table(&[(backend, outcomes)]));
+    } else {
+        print!("{}", readiness_cli::explore::render(backend, &outcomes));
+    }
+    Ok(())
 }
 
 fn probe() -> io::Result<()> {
