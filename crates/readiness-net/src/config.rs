@@ -37,6 +37,8 @@ pub struct Config {
     pub(crate) udp_policy: UdpQueuePolicy,
     pub(crate) read_buffer: usize,
     pub(crate) nodelay: bool,
+    pub(crate) send_buffer: Option<usize>,
+    pub(crate) recv_buffer: Option<usize>,
     pub(crate) events_capacity: usize,
 }
 
@@ -56,6 +58,8 @@ impl Default for Config {
             udp_policy: UdpQueuePolicy::Refuse,
             read_buffer: 256 << 10,
             nodelay: true,
+            send_buffer: None,
+            recv_buffer: None,
             events_capacity: 1024,
         }
     }
@@ -163,6 +167,14 @@ impl Config {
     /// Whether connections get `TCP_NODELAY` (default true).
     pub fn nodelay(mut self, on: bool) -> Config {
         self.nodelay = on;
+        self
+    }
+
+    /// `SO_SNDBUF` and `SO_RCVBUF` for every connection (default: the OS's,
+    /// which on Linux autotunes).
+    pub fn socket_buffers(mut self, send: Option<usize>, recv: Option<usize>) -> Config {
+        self.send_buffer = send;
+        self.recv_buffer = recv;
         self
     }
 

@@ -291,8 +291,10 @@ struct UserTimer {
     gn: u32,
     deadline: u64,
     period: Option<u64>,
-    f: Option<Box<dyn FnMut(&mut LoopCtx)>>,
+    f: Option<TimerFn>,
 }
+
+type TimerFn = Box<dyn FnMut(&mut LoopCtx)>;
 
 /// What a loop's handlers, timers and posted closures work with: the
 /// connections, listeners, UDP sockets and timers of the loop.
@@ -1172,6 +1174,12 @@ impl LoopCtx {
             // Best effort: not every socket (e.g. a Unix one adopted by
             // mistake) has the option.
             let _ = socket.set_tcp_nodelay(true);
+        }
+        if let Some(n) = self.config.send_buffer {
+            let _ = socket.set_send_buffer_size(n);
+        }
+        if let Some(n) = self.config.recv_buffer {
+            let _ = socket.set_recv_buffer_size(n);
         }
         #[cfg(any(target_os = "macos", target_os = "ios"))]
         let _ = socket.set_nosigpipe(true);

@@ -39,7 +39,7 @@ pub mod sizes {
     pub fn table() -> Vec<(&'static str, usize)> {
         use std::mem::size_of;
         vec![
-            ("slab entry of a connection", size_of::<slab::Slab<crate::conn::Connection>>() * 0 + size_of::<SlabEntry>()),
+            ("slab entry of a connection", size_of::<SlabEntry>()),
             ("Connection (the loop's per-connection state)", size_of::<crate::conn::Connection>()),
             ("timer heap entry (one per connection with a timeout)", size_of::<crate::timer::Entry>()),
             ("Box<dyn Handler> of a zero-sized handler (heap)", 0),
