@@ -76,12 +76,48 @@ const SEND_FLAGS: i32 = 0;
 /// Iovecs per vectored write of the queue.
 const IOV_MAX: usize = 64;
 
+/// The write queue: nothing at all (one null pointer) until something is
+/// queued, so an idle connection pays 8 bytes for it.
+#[derive(Default)]
+pub(crate) struct Queue(Option<Box<VecDeque<Bytes>>>);
+
+impl Queue {
+    pub(crate) fn new() -> Queue {
+        Queue(None)
+    }
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|q| q.is_empty())
+    }
+    pub(crate) fn push_back(&mut self, b: Bytes) {
+        self.0.get_or_insert_with(Default::default).push_back(b);
+    }
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.0.iter().flat_map(|q| q.iter())
+    }
+    pub(crate) fn front_mut(&mut self) -> Option<&mut Bytes> {
+        self.0.as_mut()?.front_mut()
+    }
+    pub(crate) fn pop_front(&mut self) -> Option<Bytes> {
+        self.0.as_mut()?.pop_front()
+    }
+    /// Gives the memory back once empty (a burst is over).
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
+    pub(crate) fn free(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// One connection in the loop's table. Kept small: see `docs/BENCHMARKS.md`
 /// (net layer, memory) and `tests/sizes.rs`.
 pub(crate) struct Connection {
     pub(crate) handler: Box<dyn Handler>,
     /// Bytes waiting for the kernel; an empty queue allocates nothing.
-    pub(crate) queue: VecDeque<Bytes>,
+    pub(crate) queue: Queue,
     /// `None` once closed (the slot lives until the end of the turn).
     pub(crate) socket: Option<Socket>,
     pub(crate) queued: u32,
@@ -846,10 +882,8 @@ impl LoopCtx {
         if c.flags & flag::ABOVE_LOW != 0 && c.queued as usize <= self.config.low_water {
             c.flags = (c.flags & !flag::ABOVE_LOW) | flag::DRAIN_DUE;
         }
-        if c.queue.is_empty() && c.queue.capacity() > 64 {
-            // A burst grew the queue: give the memory back.
-            c.queue = VecDeque::new();
-        }
+        // Nothing queued: give the memory back (idle connections hold none).
+        c.queue.release_if_empty();
         self.wake_loop_waiters();
     }
 
@@ -1094,7 +1128,7 @@ impl LoopCtx {
         }
         self.stats.bytes_queued -= c.queued as u64;
         c.queued = 0;
-        c.queue = VecDeque::new();
+        c.queue.free();
         self.stats.connections_open -= 1;
         self.call(idx, |h, conn| h.on_disconnected(conn));
         self.free_slot(idx);

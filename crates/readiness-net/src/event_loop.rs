@@ -649,7 +649,9 @@ impl LoopCtx {
     // ------------------------------------------------------------- messages
 
     pub(crate) fn drain_messages(&mut self) {
-        if !self.shared.has_msgs.swap(false, Ordering::AcqRel) {
+        if !self.shared.has_msgs.load(Ordering::Acquire)
+            || !self.shared.has_msgs.swap(false, Ordering::AcqRel)
+        {
             return;
         }
         let mut batch = std::mem::take(&mut self.spare);
@@ -1219,7 +1221,7 @@ impl LoopCtx {
         }
         entry.insert(Connection {
             handler,
-            queue: VecDeque::new(),
+            queue: conn::Queue::new(),
             socket: Some(socket),
             queued: 0,
             gn,
