@@ -295,9 +295,11 @@ impl Server {
 
     /// Graceful shutdown of every loop (stop accepting, flush up to
     /// `flush_deadline`, close every connection), then joins the threads.
-    /// Returns the first loop error.
-    pub fn shutdown(mut self, flush_deadline: Duration) -> io::Result<()> {
-        self.stop_and_join(Some(flush_deadline))
+    /// Returns the loops' final counters summed, or the first loop error.
+    pub fn shutdown(mut self, flush_deadline: Duration) -> io::Result<Stats> {
+        self.stop_and_join(Some(flush_deadline))?;
+        // Each loop published its last counters before its thread ended.
+        Ok(self.stats())
     }
 
     fn stop_and_join(&mut self, deadline: Option<Duration>) -> io::Result<()> {

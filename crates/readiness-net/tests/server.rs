@@ -67,7 +67,9 @@ fn serve_many(balance: Balance) {
         assert!(std::time::Instant::now() < deadline, "connections still open: {stats:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
-    server.shutdown(Duration::from_secs(5)).unwrap();
+    let last = server.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(last.connections_accepted, CONNS as u64);
+    assert_eq!(last.connections_open, 0);
 }
 
 #[test]
