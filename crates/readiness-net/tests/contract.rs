@@ -280,10 +280,29 @@ fn peer_half_close() {
 
 #[test]
 fn peer_reset() {
-    let (running, addr, _llog, clog) = serve_one(config(), Recorder::new);
+    let (running, addr, _llog, clog) = serve_one(config(), |log| {
+        Recorder::new(log).on_connected(|c| c.write(Bytes::from_static(b"unread")).unwrap())
+    });
     let peer = client(addr);
     clog.wait_for(Call::Connected);
+    // Unread data in the peer's buffer: its close is a reset everywhere.
+    let mut buf = [0u8; 6];
+    let deadline = std::time::Instant::now() + LONG;
+    while peer.peek(&mut buf).unwrap() < 6 {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
     reset(peer);
+    if under_wine() {
+        // Wine sends no RST from a Wine process (see `assert_reset`): the
+        // loop sees a FIN. The reset path itself is covered on Linux.
+        clog.wait_for(Call::Disconnected);
+        if clog.get() == [Call::Connected, Call::ClientClose, Call::Disconnected] {
+            println!("WINE DIFFERENCE (docs/WINDOWS.md): the peer's reset arrived as a FIN");
+            running.stop();
+            return;
+        }
+    }
     clog.assert_ends(&[Call::Connected, Call::Reset, Call::Disconnected]);
     running.stop();
 }
@@ -324,7 +343,7 @@ fn local_abort_resets_the_peer() {
     let mut peer = client(addr);
     write_all(&mut peer, b"x");
     clog.wait_for(Call::Disconnected);
-    assert_eq!(read_outcome(&mut peer), Err(io::ErrorKind::ConnectionReset));
+    assert_reset(read_outcome(&mut peer));
     clog.assert_ends(&[Call::Connected, Call::Data(b"x".to_vec()), Call::Disconnected]);
     running.stop();
 }
@@ -375,7 +394,7 @@ fn listener_accepts_and_refuses_over_the_limit() {
     llog.wait_until("two incoming", |v| v.len() == 2);
     let mut c = client(addr);
     llog.wait_for(Call::Refused);
-    assert_eq!(read_outcome(&mut c), Err(io::ErrorKind::ConnectionReset));
+    assert_reset(read_outcome(&mut c));
     assert_eq!(llog.get(), [Call::Incoming, Call::Incoming, Call::Refused]);
     let stats = fresh_stats(&running.handle);
     assert_eq!((stats.connections_accepted, stats.connections_refused), (2, 1));
@@ -406,7 +425,7 @@ fn listener_handler_refuses() {
     });
     let mut c = client(addr);
     log.wait_for(Call::Refused);
-    assert_eq!(read_outcome(&mut c), Err(io::ErrorKind::ConnectionReset));
+    assert_reset(read_outcome(&mut c));
     assert_eq!(fresh_stats(&running.handle).connections_refused, 1);
     running.stop();
 }
@@ -599,11 +618,15 @@ fn non_reading_client_cannot_grow_the_server_queue() {
     // The client reads nothing for a while; the server's queue stays capped.
     let handle = running.handle.clone();
     let mut max_seen = 0;
-    for _ in 0..50 {
+    let deadline = std::time::Instant::now() + LONG;
+    let mut samples = 0;
+    // At least 50 samples, and until the server has queued something.
+    while samples < 50 || (max_seen == 0 && std::time::Instant::now() < deadline) {
         std::thread::sleep(Duration::from_millis(10));
         let s = handle.stats();
         max_seen = max_seen.max(s.bytes_queued);
         assert!(s.bytes_queued <= HIGH as u64, "{s:?}");
+        samples += 1;
     }
     assert!(max_seen > 0, "the server never queued anything: the test proves nothing");
     let got = read_n(&mut peer, TOTAL);
