@@ -283,10 +283,9 @@ impl<'a> Conn<'a> {
         }
         ctx.read_budget -= 1;
         let socket = c.socket.as_ref()?;
-        let room = ctx.pool.room(MIN_TCP_ROOM);
-        let want = room.len();
+        let want = ctx.pool.prepare(MIN_TCP_ROOM);
         loop {
-            match (&*socket).read(room) {
+            match crate::sys::recv_stream(socket, &mut ctx.pool.buf) {
                 Ok(0) => {
                     c.flags = (c.flags | flag::EOF) & !flag::READ_READY;
                     return None;
@@ -297,7 +296,7 @@ impl<'a> Conn<'a> {
                     if n < want && c.flags & flag::PEER_FIN == 0 {
                         c.flags &= !flag::READ_READY;
                     }
-                    return Some(ctx.pool.take(n));
+                    return Some(ctx.pool.take());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     c.flags &= !flag::READ_READY;
@@ -795,9 +794,10 @@ impl LoopCtx {
         let mut budget = READ_BUDGET;
         while budget > 0 && c.flags & flag::READ_READY != 0 {
             budget -= 1;
-            let room = self.pool.room(MIN_TCP_ROOM);
-            let want = room.len();
-            match (&*socket).read(room) {
+            let want = self.pool.prepare(MIN_TCP_ROOM);
+            let r = crate::sys::recv_stream(socket, &mut self.pool.buf);
+            self.pool.discard();
+            match r {
                 Ok(0) => c.flags = (c.flags | flag::EOF) & !flag::READ_READY,
                 Ok(n) => {
                     self.stats.bytes_in += n as u64;

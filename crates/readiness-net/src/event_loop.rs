@@ -222,11 +222,13 @@ impl LoopHandle {
     }
 }
 
-/// The loop's shared read buffer: reads land in its initialized free part,
-/// the filled bytes are split off as a `Bytes`. When every `Bytes` of the
-/// allocation is dropped, the next refresh reclaims the same memory.
+/// The loop's shared read buffer. Reads land in its spare capacity; the
+/// filled bytes are split off as a `Bytes`. Before each read, if nobody
+/// holds a part of the allocation any more (the echo went to the kernel and
+/// its `Bytes` was dropped), the same memory is reclaimed from its start, so
+/// the hot path reuses hot memory and allocates nothing.
 pub(crate) struct ReadPool {
-    buf: BytesMut,
+    pub(crate) buf: BytesMut,
     cap: usize,
 }
 
@@ -238,29 +240,31 @@ impl ReadPool {
         }
     }
 
-    /// The free, initialized room, refreshed if smaller than `min`.
+    /// Makes room for a read of at least `min` bytes; returns the room.
     #[inline]
-    pub(crate) fn room(&mut self, min: usize) -> &mut [u8] {
-        if self.buf.len() < min {
-            self.refresh();
+    pub(crate) fn prepare(&mut self, min: usize) -> usize {
+        debug_assert!(self.buf.is_empty());
+        if self.buf.capacity() < self.cap
+            && !self.buf.try_reclaim(self.cap)
+            && self.buf.capacity() < min
+        {
+            // Someone still holds the old memory: a fresh allocation (the old
+            // one is freed by its last holder).
+            self.buf = BytesMut::with_capacity(self.cap);
         }
-        &mut self.buf[..]
+        self.buf.capacity()
     }
 
-    #[cold]
-    fn refresh(&mut self) {
-        // Reclaims the allocation if nobody holds a part of it any more;
-        // otherwise allocates a new one (the old one is freed by its last
-        // holder). The zero-fill keeps the read path free of `unsafe`.
-        self.buf.clear();
-        self.buf.reserve(self.cap);
-        self.buf.resize(self.cap, 0);
-    }
-
-    /// The first `n` bytes of the room, as a `Bytes`.
+    /// What the last read appended, as a `Bytes`.
     #[inline]
-    pub(crate) fn take(&mut self, n: usize) -> Bytes {
-        self.buf.split_to(n).freeze()
+    pub(crate) fn take(&mut self) -> Bytes {
+        self.buf.split().freeze()
+    }
+
+    /// Forgets what the last read appended.
+    #[inline]
+    pub(crate) fn discard(&mut self) {
+        self.buf.clear();
     }
 }
 

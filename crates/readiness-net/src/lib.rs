@@ -11,7 +11,8 @@ mod event_loop;
 mod handler;
 mod server;
 mod stats;
-// The only module with `unsafe`: reading the urgent byte (see its docs).
+// The only module with `unsafe`: receiving into uninitialized pooled memory
+// and reading the urgent byte (see its docs).
 #[allow(unsafe_code)]
 mod sys;
 #[doc(hidden)]

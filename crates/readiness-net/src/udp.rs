@@ -249,11 +249,11 @@ impl LoopCtx {
             let Some(socket) = u.socket.as_ref() else {
                 return;
             };
-            let room = self.pool.room(MIN_UDP_ROOM);
-            match socket.recv_from(room) {
-                Ok((n, from)) => {
+            self.pool.prepare(MIN_UDP_ROOM);
+            match crate::sys::recv_datagram(socket, &mut self.pool.buf) {
+                Ok((_, from)) => {
                     self.stats.datagrams_in += 1;
-                    let data = self.pool.take(n);
+                    let data = self.pool.take();
                     self.udp_call(idx, |h, udp| h.on_datagram(udp, from, data));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
