@@ -709,6 +709,14 @@ impl LoopCtx {
             }
         }
         let c = &mut self.conns[idx as usize];
+        if ev.is_error() && c.flags & flag::EOF == 0 {
+            // A reset: say so even where a read after it returns end of
+            // stream (Wine) instead of the error.
+            if let Some(Ok(Some(e))) = c.socket.as_ref().map(Socket::take_error) {
+                tracing::debug!(error = %e, "socket error reported");
+                c.flags |= flag::RESET;
+            }
+        }
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             c.flags |= flag::READ_READY;
             if ev.is_read_closed() {

@@ -483,15 +483,15 @@ pub fn under_wine() -> bool {
     return false;
 }
 
-/// Asserts that the peer saw a reset. Under Wine a linger-0 close arrives
-/// as a FIN (Wine 8 does not turn `SO_LINGER {on, 0}` + `closesocket` into
-/// an RST; real Windows does: docs/WINDOWS.md, "Net layer"), so there an
-/// end of stream is accepted, and the test says so.
+/// Asserts that the peer saw a reset. Under Wine a read after a reset
+/// returns end of stream (`Ok(0)`), where Windows returns `WSAECONNRESET`
+/// (docs/WINDOWS.md, "Where Wine 8.0 differs"): there `Ok(0)` is accepted,
+/// and the test says so.
 #[track_caller]
 pub fn assert_reset(outcome: Result<usize, io::ErrorKind>) {
     if under_wine() && outcome == Ok(0) {
         println!(
-            "WINE DIFFERENCE (docs/WINDOWS.md): a linger-0 close arrived as a FIN, not a reset"
+            "WINE DIFFERENCE (docs/WINDOWS.md): a read after a reset returned end of stream"
         );
         return;
     }
@@ -499,10 +499,8 @@ pub fn assert_reset(outcome: Result<usize, io::ErrorKind>) {
 }
 
 /// Closes abortively (RST).
-/// Linux and Windows send RST for a linger-0 close; Wine does not (see
-/// [`assert_reset`]), but every OS (and Wine, whose sockets are the host's)
-/// resets a connection closed with unread data: tests that need a reset
-/// peer make sure it has unread data first.
+/// With unread data in its buffer the close is a reset on every OS even
+/// without the linger option; the reset test makes sure of both.
 pub fn reset(s: TcpStream) {
     let s = socket2::Socket::from(s);
     s.set_linger(Some(Duration::ZERO)).unwrap();
