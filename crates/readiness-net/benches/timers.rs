@@ -140,7 +140,8 @@ impl Timers for PushPerRearm {
             }
             fired += 1;
             self.gens[i] = self.gens[i].wrapping_add(1);
-            self.heap.push(now + TIMEOUT_US / 1000, e.slot, self.gens[i]);
+            self.heap
+                .push(now + TIMEOUT_US / 1000, e.slot, self.gens[i]);
         }
         fired
     }

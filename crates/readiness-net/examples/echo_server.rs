@@ -64,7 +64,11 @@ fn main() {
     }
     let report: u64 = a.get("report-ms", 0);
     loop {
-        let wait = if report > 0 { Duration::from_millis(report) } else { Duration::from_secs(3600) };
+        let wait = if report > 0 {
+            Duration::from_millis(report)
+        } else {
+            Duration::from_secs(3600)
+        };
         match rx.recv_timeout(wait) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {

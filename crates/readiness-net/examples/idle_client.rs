@@ -23,8 +23,10 @@ fn main() {
     for i in 0..n {
         let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
         let src = Ipv4Addr::new(127, 0, 0, 2 + (i / 10_000) as u8);
-        s.bind(&SocketAddr::from((src, 0)).into()).expect("bind a source address");
-        s.connect(&addr.into()).unwrap_or_else(|e| args::die(&format!("connect {i}: {e}")));
+        s.bind(&SocketAddr::from((src, 0)).into())
+            .expect("bind a source address");
+        s.connect(&addr.into())
+            .unwrap_or_else(|e| args::die(&format!("connect {i}: {e}")));
         held.push(s);
     }
     println!("open {n}");

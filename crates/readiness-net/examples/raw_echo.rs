@@ -62,7 +62,10 @@ fn main() -> io::Result<()> {
                                 conns.len() - 1
                             });
                             poller.add(&s, key, Interest::BOTH, Mode::Edge)?;
-                            conns[key] = Some(Conn { stream: s, pending: Vec::new() });
+                            conns[key] = Some(Conn {
+                                stream: s,
+                                pending: Vec::new(),
+                            });
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => return Err(e),
@@ -71,7 +74,9 @@ fn main() -> io::Result<()> {
                 continue;
             }
             let key = ev.key();
-            let Some(c) = conns[key].as_mut() else { continue };
+            let Some(c) = conns[key].as_mut() else {
+                continue;
+            };
             let mut dead = false;
             if ev.is_writable() && !c.pending.is_empty() {
                 match c.stream.write(&c.pending) {

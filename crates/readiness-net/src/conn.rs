@@ -10,9 +10,7 @@ use bytes::{Buf, Bytes};
 use readiness::{Event, Interest, Mode};
 use socket2::{SockRef, Socket};
 
-use crate::event_loop::{
-    ConnId, LoopCtx, MIN_TCP_ROOM, READ_BUDGET, Rule, TAG_CONN, not_found,
-};
+use crate::event_loop::{ConnId, LoopCtx, MIN_TCP_ROOM, READ_BUDGET, Rule, TAG_CONN, not_found};
 use crate::{Handler, WriteError};
 
 /// Connection state bits.
@@ -79,6 +77,8 @@ const IOV_MAX: usize = 64;
 /// The write queue: nothing at all (one null pointer) until something is
 /// queued, so an idle connection pays 8 bytes for it.
 #[derive(Default)]
+// Boxed on purpose: 8 bytes per idle connection instead of 32.
+#[allow(clippy::box_collection)]
 pub(crate) struct Queue(Option<Box<VecDeque<Bytes>>>);
 
 impl Queue {
@@ -698,8 +698,7 @@ impl LoopCtx {
             c.armed = 0;
         }
         if c.flags & flag::CONNECTING != 0 {
-            if !(ev.is_writable() || ev.is_error() || ev.is_write_closed() || ev.is_read_closed())
-            {
+            if !(ev.is_writable() || ev.is_error() || ev.is_write_closed() || ev.is_read_closed()) {
                 self.settle(idx);
                 return;
             }
@@ -904,10 +903,11 @@ impl LoopCtx {
         let mut waiters = std::mem::take(&mut self.loop_waiters);
         for id in waiters.drain(..) {
             if let Some(c) = self.conns.get_mut(id.idx as usize)
-                && c.gn == id.gn {
-                    c.flags = (c.flags & !flag::LOOP_WAITER) | flag::DRAIN_DUE;
-                    self.mark_pending(id.idx);
-                }
+                && c.gn == id.gn
+            {
+                c.flags = (c.flags & !flag::LOOP_WAITER) | flag::DRAIN_DUE;
+                self.mark_pending(id.idx);
+            }
         }
         self.loop_waiters = waiters;
     }
@@ -954,9 +954,7 @@ impl LoopCtx {
                 self.dispose(idx);
                 return;
             }
-            if f & flag::EOF != 0
-                && f & (flag::EOF_TOLD | flag::CLOSING | flag::READ_SHUT) == 0
-            {
+            if f & flag::EOF != 0 && f & (flag::EOF_TOLD | flag::CLOSING | flag::READ_SHUT) == 0 {
                 c.flags |= flag::EOF_TOLD;
                 self.call(idx, |h, conn| h.on_client_close(conn));
                 continue;
@@ -978,10 +976,11 @@ impl LoopCtx {
                     if f & flag::WR_SHUT == 0 {
                         c.flags |= flag::WR_SHUT;
                         if let Some(s) = c.socket.as_ref()
-                            && s.shutdown(Shutdown::Write).is_err() {
-                                c.flags |= flag::DEAD;
-                                continue;
-                            }
+                            && s.shutdown(Shutdown::Write).is_err()
+                        {
+                            c.flags |= flag::DEAD;
+                            continue;
+                        }
                     }
                 } else if f & flag::SHUT_WR_PENDING != 0 && f & flag::WR_SHUT == 0 {
                     c.flags |= flag::WR_SHUT;
@@ -1022,18 +1021,20 @@ impl LoopCtx {
                         want |= I_W;
                     }
                 }
-                if want != c.armed && want != 0
-                    && let Some(s) = c.socket.as_ref() {
-                        let key = (idx as usize) << 2 | TAG_CONN;
-                        match self.poller.modify(s, key, interest_of(want), Mode::Oneshot) {
-                            Ok(()) => c.armed = want,
-                            Err(e) => {
-                                tracing::error!(error = %e, "re-arming a connection failed");
-                                c.flags |= flag::RESET;
-                                self.mark_pending(idx);
-                            }
+                if want != c.armed
+                    && want != 0
+                    && let Some(s) = c.socket.as_ref()
+                {
+                    let key = (idx as usize) << 2 | TAG_CONN;
+                    match self.poller.modify(s, key, interest_of(want), Mode::Oneshot) {
+                        Ok(()) => c.armed = want,
+                        Err(e) => {
+                            tracing::error!(error = %e, "re-arming a connection failed");
+                            c.flags |= flag::RESET;
+                            self.mark_pending(idx);
                         }
                     }
+                }
             }
             Rule::Edge => {
                 if read_wanted
@@ -1126,9 +1127,10 @@ impl LoopCtx {
         c.flags |= flag::DEAD_DONE;
         if let Some(socket) = c.socket.take() {
             if c.flags & flag::NOT_REGISTERED == 0
-                && let Err(e) = self.poller.delete(&socket) {
-                    tracing::warn!(error = %e, "deregistering a connection failed");
-                }
+                && let Err(e) = self.poller.delete(&socket)
+            {
+                tracing::warn!(error = %e, "deregistering a connection failed");
+            }
             if c.flags & flag::ABORT != 0 {
                 let _ = socket.set_linger(Some(Duration::ZERO));
             }

@@ -986,10 +986,11 @@ impl LoopCtx {
                     self.with_listener(idx, |ctx, h| h.on_accept_error(ctx, e));
                     self.timer_after(Duration::from_millis(50), move |ctx| {
                         if let Some(l) = ctx.listeners.get_mut(lid.idx as usize)
-                            && l.gn == lid.gn {
-                                l.paused = false;
-                                ctx.listener_event(lid.idx);
-                            }
+                            && l.gn == lid.gn
+                        {
+                            l.paused = false;
+                            ctx.listener_event(lid.idx);
+                        }
                     });
                     return;
                 }
@@ -1007,23 +1008,27 @@ impl LoopCtx {
             };
             let _ = self.handle().post(move |ctx| {
                 if let Some(l) = ctx.listeners.get(lid.idx as usize)
-                    && l.gn == lid.gn {
-                        ctx.listener_event(lid.idx);
-                    }
+                    && l.gn == lid.gn
+                {
+                    ctx.listener_event(lid.idx);
+                }
             });
         }
         if let Some(l) = self.listeners.get_mut(idx)
-            && self.rule == Rule::Oneshot && !l.armed && !l.closed {
-                match self.poller.modify(
-                    &l.socket,
-                    idx << 2 | TAG_LISTENER,
-                    Interest::READABLE,
-                    Mode::Oneshot,
-                ) {
-                    Ok(()) => l.armed = true,
-                    Err(e) => tracing::error!(error = %e, "re-arming a listener failed"),
-                }
+            && self.rule == Rule::Oneshot
+            && !l.armed
+            && !l.closed
+        {
+            match self.poller.modify(
+                &l.socket,
+                idx << 2 | TAG_LISTENER,
+                Interest::READABLE,
+                Mode::Oneshot,
+            ) {
+                Ok(()) => l.armed = true,
+                Err(e) => tracing::error!(error = %e, "re-arming a listener failed"),
             }
+        }
     }
 
     fn with_listener<R: Default>(
@@ -1061,20 +1066,21 @@ impl LoopCtx {
             return;
         }
         if let Some(l) = self.listeners.get_mut(lidx)
-            && let ListenKind::Forward(fwd) = &mut l.handler {
-                let target = fwd.next();
-                let make = fwd.make.clone();
-                match target {
-                    None => self.adopt_from_server(socket, peer, &make),
-                    Some(handle) => {
-                        let sent = handle.post(move |ctx| ctx.adopt_from_server(socket, peer, &make));
-                        if sent.is_err() {
-                            self.stats.connections_refused += 1;
-                        }
+            && let ListenKind::Forward(fwd) = &mut l.handler
+        {
+            let target = fwd.next();
+            let make = fwd.make.clone();
+            match target {
+                None => self.adopt_from_server(socket, peer, &make),
+                Some(handle) => {
+                    let sent = handle.post(move |ctx| ctx.adopt_from_server(socket, peer, &make));
+                    if sent.is_err() {
+                        self.stats.connections_refused += 1;
                     }
                 }
-                return;
             }
+            return;
+        }
         if self.stats.connections_open as usize >= self.config.max_connections {
             refuse(socket);
             self.stats.connections_refused += 1;
@@ -1213,7 +1219,9 @@ impl LoopCtx {
             }
         };
         let gn = next_gen();
-        let registered = self.poller.add(&socket, idx << 2 | TAG_CONN, interest, mode);
+        let registered = self
+            .poller
+            .add(&socket, idx << 2 | TAG_CONN, interest, mode);
         let mut flags = if connecting {
             flag::CONNECTING
         } else {
@@ -1262,7 +1270,11 @@ impl LoopCtx {
         self.add_udp(socket, Box::new(handler))
     }
 
-    fn add_udp(&mut self, socket: std::net::UdpSocket, handler: Box<dyn UdpHandler>) -> io::Result<UdpId> {
+    fn add_udp(
+        &mut self,
+        socket: std::net::UdpSocket,
+        handler: Box<dyn UdpHandler>,
+    ) -> io::Result<UdpId> {
         self.check_open()?;
         socket.set_nonblocking(true)?;
         let entry = self.udps.vacant_entry();
@@ -1274,7 +1286,8 @@ impl LoopCtx {
             Rule::Edge => (Interest::BOTH, Mode::Edge),
             Rule::Oneshot => (Interest::READABLE, Mode::Oneshot),
         };
-        self.poller.add(&socket, idx << 2 | TAG_UDP, interest, mode)?;
+        self.poller
+            .add(&socket, idx << 2 | TAG_UDP, interest, mode)?;
         let gn = next_gen();
         entry.insert(UdpEntry {
             socket: Some(socket),
@@ -1304,17 +1317,22 @@ impl LoopCtx {
 
     pub(crate) fn mark_udp_pending(&mut self, idx: u32) {
         if let Some(u) = self.udps.get_mut(idx as usize)
-            && u.flags & crate::udp::flag::IN_PENDING == 0 {
-                u.flags |= crate::udp::flag::IN_PENDING;
-                self.udp_pending.push(idx);
-            }
+            && u.flags & crate::udp::flag::IN_PENDING == 0
+        {
+            u.flags |= crate::udp::flag::IN_PENDING;
+            self.udp_pending.push(idx);
+        }
     }
 
     // ------------------------------------------------------------- by id
 
     /// Runs `f` with connection `id`'s context, as if from its handler
     /// (from a timer, a posted closure, or another connection's handler).
-    pub fn with_conn<R>(&mut self, id: ConnId, f: impl FnOnce(&mut Conn<'_>) -> R) -> io::Result<R> {
+    pub fn with_conn<R>(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut Conn<'_>) -> R,
+    ) -> io::Result<R> {
         self.live(id)?;
         let r = f(&mut Conn::new(self, id.idx, id.gn));
         self.mark_pending(id.idx);
@@ -1360,10 +1378,11 @@ impl LoopCtx {
 
     pub(crate) fn mark_pending(&mut self, idx: u32) {
         if let Some(c) = self.conns.get_mut(idx as usize)
-            && c.flags & flag::IN_PENDING == 0 {
-                c.flags |= flag::IN_PENDING;
-                self.pending.push(idx);
-            }
+            && c.flags & flag::IN_PENDING == 0
+        {
+            c.flags |= flag::IN_PENDING;
+            self.pending.push(idx);
+        }
     }
 
     /// Calls the connection's handler with its context. The handler is
@@ -1446,7 +1465,11 @@ fn accept(listener: &Socket) -> io::Result<(Socket, SocketAddr)> {
 /// SO_REUSEADDR would let another socket steal the port and the default
 /// already allows rebinding over TIME_WAIT. `reuse_port`: Linux
 /// SO_REUSEPORT, for several loops behind one address.
-pub(crate) fn listen_socket(addr: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result<Socket> {
+pub(crate) fn listen_socket(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     #[cfg(unix)]
     socket.set_reuse_address(true)?;

@@ -41,8 +41,14 @@ pub mod sizes {
         use std::mem::size_of;
         vec![
             ("slab entry of a connection", size_of::<SlabEntry>()),
-            ("Connection (the loop's per-connection state)", size_of::<crate::conn::Connection>()),
-            ("timer heap entry (one per connection with a timeout)", size_of::<crate::timer::Entry>()),
+            (
+                "Connection (the loop's per-connection state)",
+                size_of::<crate::conn::Connection>(),
+            ),
+            (
+                "timer heap entry (one per connection with a timeout)",
+                size_of::<crate::timer::Entry>(),
+            ),
             ("Box<dyn Handler> of a zero-sized handler (heap)", 0),
             ("Echo handler (heap, boxed)", size_of::<crate::Echo>()),
             ("ConnId", size_of::<crate::ConnId>()),

@@ -68,11 +68,7 @@ impl TimerHeap {
     /// Adds an entry. O(log n).
     #[inline]
     pub fn push(&mut self, deadline: u64, slot: u32, gn: u32) {
-        self.heap.push(Entry {
-            deadline,
-            gn,
-            slot,
-        });
+        self.heap.push(Entry { deadline, gn, slot });
     }
 
     /// The earliest deadline, if any.

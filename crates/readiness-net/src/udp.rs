@@ -324,9 +324,10 @@ impl LoopCtx {
                 self.stats.datagrams_queued -= dropped;
                 self.stats.datagrams_dropped += dropped;
                 if let Some(s) = u.socket.take()
-                    && let Err(e) = self.poller.delete(&s) {
-                        tracing::warn!(error = %e, "deregistering a UDP socket failed");
-                    }
+                    && let Err(e) = self.poller.delete(&s)
+                {
+                    tracing::warn!(error = %e, "deregistering a UDP socket failed");
+                }
                 self.udp_call(idx, |h, udp| h.on_closed(udp));
                 self.udp_free.push(idx);
                 return;
@@ -355,13 +356,14 @@ impl LoopCtx {
                 }
                 let bits = crate::conn::interest_bits(want);
                 if bits != u.armed
-                    && let Some(s) = u.socket.as_ref() {
-                        let key = (idx as usize) << 2 | TAG_UDP;
-                        match self.poller.modify(s, key, want, Mode::Oneshot) {
-                            Ok(()) => u.armed = bits,
-                            Err(e) => tracing::error!(error = %e, "re-arming a UDP socket failed"),
-                        }
+                    && let Some(s) = u.socket.as_ref()
+                {
+                    let key = (idx as usize) << 2 | TAG_UDP;
+                    match self.poller.modify(s, key, want, Mode::Oneshot) {
+                        Ok(()) => u.armed = bits,
+                        Err(e) => tracing::error!(error = %e, "re-arming a UDP socket failed"),
                     }
+                }
             }
             Rule::Edge => {
                 if u.flags & flag::READ_READY != 0 && u.flags & flag::IN_READY == 0 {

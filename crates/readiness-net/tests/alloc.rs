@@ -24,7 +24,11 @@ const BUDGET: usize = 8;
 fn echo_round_trips(size: usize) {
     let (running, addr) = spawn(config(), |lp| {
         let l = lp
-            .listen("127.0.0.1:0".parse().unwrap(), 16, listener_fn(|_| Some(Echo::new())))
+            .listen(
+                "127.0.0.1:0".parse().unwrap(),
+                16,
+                listener_fn(|_| Some(Echo::new())),
+            )
             .unwrap();
         lp.listener_addr(l).unwrap()
     });
@@ -64,7 +68,10 @@ fn echo_allocates_nothing_per_message() {
     let region = Region::new(GLOBAL);
     let b = std::hint::black_box(Box::new([0u8; 64]));
     drop(b);
-    assert!(region.change().allocations >= 1, "the counting allocator counts nothing");
+    assert!(
+        region.change().allocations >= 1,
+        "the counting allocator counts nothing"
+    );
     // One test function: the allocation count is process-wide.
     echo_round_trips(64);
     echo_round_trips(4096);

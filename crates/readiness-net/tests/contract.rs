@@ -159,38 +159,39 @@ fn writer(log: &Log, total: usize, chunk: usize, refusals: Arc<AtomicUsize>) -> 
     let sent = Rc::new(RefCell::new((0usize, None::<Bytes>)));
     let s2 = sent.clone();
     let r2 = refusals.clone();
-    let pump = move |c: &mut Conn<'_>, sent: &RefCell<(usize, Option<Bytes>)>, refusals: &AtomicUsize| {
-        let mut st = sent.borrow_mut();
-        loop {
-            let data = match st.1.take() {
-                Some(d) => d,
-                None if st.0 < total => {
-                    let n = chunk.min(total - st.0);
-                    let d = pattern_bytes(st.0, n);
-                    st.0 += n;
-                    d
-                }
-                None => {
-                    c.close();
-                    return;
-                }
-            };
-            let len = data.len();
-            let ptr = data.as_ptr();
-            match c.write(data) {
-                Ok(()) => {}
-                Err(e) => {
-                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
-                    // The data comes back whole: the same buffer.
-                    let back = e.into_data();
-                    assert_eq!((back.len(), back.as_ptr()), (len, ptr));
-                    refusals.fetch_add(1, Ordering::Relaxed);
-                    st.1 = Some(back);
-                    return;
+    let pump =
+        move |c: &mut Conn<'_>, sent: &RefCell<(usize, Option<Bytes>)>, refusals: &AtomicUsize| {
+            let mut st = sent.borrow_mut();
+            loop {
+                let data = match st.1.take() {
+                    Some(d) => d,
+                    None if st.0 < total => {
+                        let n = chunk.min(total - st.0);
+                        let d = pattern_bytes(st.0, n);
+                        st.0 += n;
+                        d
+                    }
+                    None => {
+                        c.close();
+                        return;
+                    }
+                };
+                let len = data.len();
+                let ptr = data.as_ptr();
+                match c.write(data) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+                        // The data comes back whole: the same buffer.
+                        let back = e.into_data();
+                        assert_eq!((back.len(), back.as_ptr()), (len, ptr));
+                        refusals.fetch_add(1, Ordering::Relaxed);
+                        st.1 = Some(back);
+                        return;
+                    }
                 }
             }
-        }
-    };
+        };
     let pump = Rc::new(pump);
     let p2 = pump.clone();
     Recorder::new(log)
@@ -217,7 +218,10 @@ fn large_writes_fill_the_socket_buffer() {
     assert_eq!(got.len(), TOTAL);
     check_pattern(&got, 0);
     clog.assert_ends(&[Call::Connected, Call::Drained, Call::Disconnected]);
-    assert!(refusals.load(Ordering::Relaxed) > 0, "the queue never hit the high-water mark");
+    assert!(
+        refusals.load(Ordering::Relaxed) > 0,
+        "the queue never hit the high-water mark"
+    );
     let stats = fresh_stats(&running.handle);
     assert!(stats.bytes_queued_peak <= 256 << 10, "{stats:?}");
     assert_eq!(stats.bytes_out, TOTAL as u64);
@@ -251,7 +255,8 @@ fn write_over_high_water_is_refused_and_nothing_is_lost() {
     check_pattern(&got, 0);
     assert!(refusals.load(Ordering::Relaxed) > 0);
     let stats = fresh_stats(&running.handle);
-    assert!(stats.writes_refused as usize >= refusals.load(Ordering::Relaxed) + 1);
+    // The refusals counted here plus the one InvalidInput write.
+    assert!(stats.writes_refused as usize > refusals.load(Ordering::Relaxed));
     assert!(stats.bytes_queued_peak <= 100_000, "{stats:?}");
     running.stop();
 }
@@ -334,7 +339,11 @@ fn local_abort_resets_the_peer() {
     write_all(&mut peer, b"x");
     clog.wait_for(Call::Disconnected);
     assert_reset(read_outcome(&mut peer));
-    clog.assert_ends(&[Call::Connected, Call::Data(b"x".to_vec()), Call::Disconnected]);
+    clog.assert_ends(&[
+        Call::Connected,
+        Call::Data(b"x".to_vec()),
+        Call::Disconnected,
+    ]);
     running.stop();
 }
 
@@ -351,13 +360,19 @@ fn oob_byte() {
     };
     let mut peer = client(addr);
     if !supports {
-        assert_eq!(backend_name(), "kqueue", "only kqueue lacks priority events");
+        assert_eq!(
+            backend_name(),
+            "kqueue",
+            "only kqueue lacks priority events"
+        );
         println!("SKIPPED on {}: no out-of-band notification", backend_name());
         return;
     }
     write_all(&mut peer, b"a");
     clog.wait_for(Call::Data(b"a".to_vec()));
-    socket2::SockRef::from(&peer).send_out_of_band(b"!").unwrap();
+    socket2::SockRef::from(&peer)
+        .send_out_of_band(b"!")
+        .unwrap();
     clog.wait_for(Call::Oob(b'!'));
     drop(peer);
     clog.assert_ends(&[
@@ -387,7 +402,10 @@ fn listener_accepts_and_refuses_over_the_limit() {
     assert_reset(read_outcome(&mut c));
     assert_eq!(llog.get(), [Call::Incoming, Call::Incoming, Call::Refused]);
     let stats = fresh_stats(&running.handle);
-    assert_eq!((stats.connections_accepted, stats.connections_refused), (2, 1));
+    assert_eq!(
+        (stats.connections_accepted, stats.connections_refused),
+        (2, 1)
+    );
     assert_eq!(stats.connections_open, 2);
     drop((a, b));
     for log in &logs {
@@ -430,7 +448,11 @@ fn idle_timeout_rearmed_by_reads() {
         write_all(&mut peer, b"a");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!clog.get().contains(&Call::Timeout), "timed out while active: {:?}", clog.get());
+    assert!(
+        !clog.get().contains(&Call::Timeout),
+        "timed out while active: {:?}",
+        clog.get()
+    );
     clog.wait_for(Call::Timeout);
     // The default on_timeout closes: the peer sees the end of the stream.
     assert_eq!(read_to_end(&mut peer), b"");
@@ -509,7 +531,14 @@ fn udp_connected() {
 /// never blocks (the receiver drops instead), so the test makes the loop
 /// behave as if the kernel were full (`simulate_kernel_full`), sends three
 /// datagrams into a queue of two, then lets the queue drain.
-fn udp_queue_over_cap(policy: UdpQueuePolicy) -> (Vec<Result<(), io::ErrorKind>>, Vec<Vec<u8>>, readiness_net::Stats, Vec<Call>) {
+type QueueOutcome = (
+    Vec<Result<(), io::ErrorKind>>,
+    Vec<Vec<u8>>,
+    readiness_net::Stats,
+    Vec<Call>,
+);
+
+fn udp_queue_over_cap(policy: UdpQueuePolicy) -> QueueOutcome {
     let peer = udp_peer();
     let paddr = peer.local_addr().unwrap();
     let log = Log::new();
@@ -595,7 +624,11 @@ fn non_reading_client_cannot_grow_the_server_queue() {
         .socket_buffers(SMALL.0, SMALL.1);
     let (running, addr) = spawn(config, |lp| {
         let l = lp
-            .listen("127.0.0.1:0".parse().unwrap(), 16, listener_fn(|_| Some(Echo::new())))
+            .listen(
+                "127.0.0.1:0".parse().unwrap(),
+                16,
+                listener_fn(|_| Some(Echo::new())),
+            )
             .unwrap();
         lp.listener_addr(l).unwrap()
     });
@@ -618,7 +651,10 @@ fn non_reading_client_cannot_grow_the_server_queue() {
         assert!(s.bytes_queued <= HIGH as u64, "{s:?}");
         samples += 1;
     }
-    assert!(max_seen > 0, "the server never queued anything: the test proves nothing");
+    assert!(
+        max_seen > 0,
+        "the server never queued anything: the test proves nothing"
+    );
     let got = read_n(&mut peer, TOTAL);
     check_pattern(&got, 0);
     writer.join().unwrap();
@@ -636,11 +672,16 @@ fn write_from_another_thread_and_stale_ids() {
     let laddr = listener.local_addr().unwrap();
     let log = Log::new();
     let l2 = log.clone();
-    let (running, id) = spawn(config(), move |lp| lp.connect(laddr, Recorder::new(&l2)).unwrap());
+    let (running, id) = spawn(config(), move |lp| {
+        lp.connect(laddr, Recorder::new(&l2)).unwrap()
+    });
     let (mut peer, _) = listener.accept().unwrap();
     peer.set_read_timeout(Some(LONG)).unwrap();
     log.wait_for(Call::Connected);
-    running.handle.write(id, Bytes::from_static(b"posted")).unwrap();
+    running
+        .handle
+        .write(id, Bytes::from_static(b"posted"))
+        .unwrap();
     assert_eq!(read_n(&mut peer, 6), b"posted");
     drop(peer);
     log.wait_for(Call::Disconnected);
@@ -649,7 +690,8 @@ fn write_from_another_thread_and_stale_ids() {
         .handle
         .post(move |ctx| {
             let e = ctx.write(id, Bytes::from_static(b"stale")).unwrap_err();
-            tx.send((e.kind(), ctx.close(id).unwrap_err().kind())).unwrap();
+            tx.send((e.kind(), ctx.close(id).unwrap_err().kind()))
+                .unwrap();
         })
         .unwrap();
     assert_eq!(
@@ -660,7 +702,10 @@ fn write_from_another_thread_and_stale_ids() {
     running.stop();
     // After the stop: refused, data given back.
     let e = h.write(id, Bytes::from_static(b"late")).unwrap_err();
-    assert_eq!((e.kind(), &e.data()[..]), (io::ErrorKind::NotConnected, &b"late"[..]));
+    assert_eq!(
+        (e.kind(), &e.data()[..]),
+        (io::ErrorKind::NotConnected, &b"late"[..])
+    );
     assert_eq!(
         h.post(|_| {}).unwrap_err().kind(),
         io::ErrorKind::NotConnected
@@ -673,9 +718,14 @@ fn timers_fire_in_order_and_repeat() {
     let l2 = log.clone();
     let (running, _) = spawn(config(), move |lp| {
         let (a, b, c) = (l2.clone(), l2.clone(), l2.clone());
-        lp.timer_after(Duration::from_millis(60), move |_| a.lock().unwrap().push("60ms"));
-        lp.timer_after(Duration::from_millis(20), move |_| b.lock().unwrap().push("20ms"));
-        let cancelled = lp.timer_after(Duration::from_millis(40), |_| panic!("cancelled timer ran"));
+        lp.timer_after(Duration::from_millis(60), move |_| {
+            a.lock().unwrap().push("60ms")
+        });
+        lp.timer_after(Duration::from_millis(20), move |_| {
+            b.lock().unwrap().push("20ms")
+        });
+        let cancelled =
+            lp.timer_after(Duration::from_millis(40), |_| panic!("cancelled timer ran"));
         assert!(lp.cancel_timer(cancelled));
         assert!(!lp.cancel_timer(cancelled));
         let mut n = 0;
@@ -689,7 +739,10 @@ fn timers_fire_in_order_and_repeat() {
     });
     let deadline = std::time::Instant::now() + LONG;
     while !running.handle.is_stopped() {
-        assert!(std::time::Instant::now() < deadline, "timers never stopped the loop");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timers never stopped the loop"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     running.stop();
@@ -733,18 +786,28 @@ fn graceful_shutdown_flushes_and_closes_everything() {
     };
     h.shutdown(LONG);
     let got = reader.join().unwrap();
-    assert_eq!(got.len(), TOTAL, "queued data was not flushed by the shutdown");
+    assert_eq!(
+        got.len(),
+        TOTAL,
+        "queued data was not flushed by the shutdown"
+    );
     check_pattern(&got, 0);
     running.stop();
     for log in &logs {
-        log.assert_ends(&[Call::Connected, Call::Data(b"go".to_vec()), Call::Disconnected]);
+        log.assert_ends(&[
+            Call::Connected,
+            Call::Data(b"go".to_vec()),
+            Call::Disconnected,
+        ]);
     }
     assert_eq!(llog.get().last(), Some(&Call::ListenerClosed));
     // New connections are no longer accepted.
-    assert!(TcpStream::connect(addr).is_err() || {
-        let mut s = client(addr);
-        matches!(read_outcome(&mut s), Ok(0) | Err(_))
-    });
+    assert!(
+        TcpStream::connect(addr).is_err() || {
+            let mut s = client(addr);
+            matches!(read_outcome(&mut s), Ok(0) | Err(_))
+        }
+    );
 }
 
 #[test]
@@ -823,7 +886,10 @@ fn loop_cap_refuses_and_drains() {
     logs[1].wait_for(Call::Connected);
     let deadline = std::time::Instant::now() + LONG;
     while results.lock().unwrap().len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "the handlers never wrote");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the handlers never wrote"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     {

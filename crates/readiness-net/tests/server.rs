@@ -55,7 +55,10 @@ fn serve_many(balance: Balance) {
             assert_eq!(accepted.iter().sum::<u64>(), CONNS as u64, "{accepted:?}");
             if balance == Balance::RoundRobin {
                 // Handed out in turn: exactly even.
-                assert!(accepted.iter().all(|&a| a == (CONNS / LOOPS) as u64), "{accepted:?}");
+                assert!(
+                    accepted.iter().all(|&a| a == (CONNS / LOOPS) as u64),
+                    "{accepted:?}"
+                );
             } else {
                 // The kernel balances by hash: every loop gets some.
                 assert!(accepted.iter().all(|&a| a > 0), "{accepted:?}");
@@ -64,7 +67,10 @@ fn serve_many(balance: Balance) {
             assert_eq!(bytes, (CONNS * MSGS * 100) as u64);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "connections still open: {stats:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections still open: {stats:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let last = server.shutdown(Duration::from_secs(5)).unwrap();

@@ -15,7 +15,10 @@ impl Args {
                 die(&format!("unexpected argument {a:?}"));
             };
             if !known.contains(&name) {
-                die(&format!("unknown flag --{name} (known: {})", known.join(", ")));
+                die(&format!(
+                    "unknown flag --{name} (known: {})",
+                    known.join(", ")
+                ));
             }
             let Some(v) = it.next() else {
                 die(&format!("--{name} needs a value"));

@@ -42,7 +42,10 @@ pub(crate) fn recv_datagram(
     let spare = buf.spare_capacity_mut();
     let room = spare.len();
     let (n, from) = SockRef::from(socket).recv_from(spare)?;
-    assert!(n <= room, "recvfrom reported more bytes than the buffer holds");
+    assert!(
+        n <= room,
+        "recvfrom reported more bytes than the buffer holds"
+    );
     // SAFETY: as in `recv_stream`: the OS wrote `n` bytes at the start of
     // the spare capacity.
     unsafe { buf.set_len(buf.len() + n) };

@@ -81,10 +81,10 @@ impl Log {
 
     pub fn push(&self, call: Call) {
         let mut v = self.0.lock().unwrap();
-        if let Some(Call::Disconnected | Call::UdpClosed | Call::ListenerClosed) = v.last() {
-            if !matches!(call, Call::Incoming | Call::Refused) {
-                panic!("{call:?} after the last call; log so far: {v:?}");
-            }
+        if let Some(Call::Disconnected | Call::UdpClosed | Call::ListenerClosed) = v.last()
+            && !matches!(call, Call::Incoming | Call::Refused)
+        {
+            panic!("{call:?} after the last call; log so far: {v:?}");
         }
         match (v.last_mut(), call) {
             (Some(Call::Data(a)), Call::Data(b)) => a.extend_from_slice(&b),
@@ -326,7 +326,10 @@ impl RecUdp {
             datagram: None,
         }
     }
-    pub fn on_datagram(mut self, f: impl FnMut(&mut Udp<'_>, SocketAddr, Bytes) + 'static) -> RecUdp {
+    pub fn on_datagram(
+        mut self,
+        f: impl FnMut(&mut Udp<'_>, SocketAddr, Bytes) + 'static,
+    ) -> RecUdp {
         self.datagram = Some(Box::new(f));
         self
     }
@@ -354,7 +357,9 @@ impl UdpHandler for RecUdp {
 /// handle's snapshot may be a turn old).
 pub fn fresh_stats(handle: &LoopHandle) -> readiness_net::Stats {
     let (tx, rx) = std::sync::mpsc::channel();
-    handle.post(move |ctx| tx.send(ctx.stats()).unwrap()).unwrap();
+    handle
+        .post(move |ctx| tx.send(ctx.stats()).unwrap())
+        .unwrap();
     rx.recv_timeout(LONG).expect("the loop did not answer")
 }
 
@@ -368,7 +373,12 @@ impl Running {
     /// Graceful stop; waits for `run` to return and checks it returned Ok.
     pub fn stop(mut self) {
         self.handle.stop();
-        let r = self.thread.take().unwrap().join().expect("loop thread panicked");
+        let r = self
+            .thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("loop thread panicked");
         r.expect("run failed");
     }
 }
@@ -438,7 +448,8 @@ pub fn small_client(addr: SocketAddr) -> TcpStream {
     .unwrap();
     s.set_recv_buffer_size(32 << 10).unwrap();
     s.set_send_buffer_size(32 << 10).unwrap();
-    s.connect(&addr.into()).expect("connect to the loop's listener");
+    s.connect(&addr.into())
+        .expect("connect to the loop's listener");
     let s = TcpStream::from(s);
     s.set_read_timeout(Some(LONG)).unwrap();
     s.set_write_timeout(Some(LONG)).unwrap();
@@ -453,7 +464,8 @@ pub const SMALL: (Option<usize>, Option<usize>) = (Some(32 << 10), Some(32 << 10
 #[track_caller]
 pub fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0; n];
-    s.read_exact(&mut buf).expect("read from the loop's connection");
+    s.read_exact(&mut buf)
+        .expect("read from the loop's connection");
     buf
 }
 
@@ -490,9 +502,7 @@ pub fn under_wine() -> bool {
 #[track_caller]
 pub fn assert_reset(outcome: Result<usize, io::ErrorKind>) {
     if under_wine() && outcome == Ok(0) {
-        println!(
-            "WINE DIFFERENCE (docs/WINDOWS.md): a read after a reset returned end of stream"
-        );
+        println!("WINE DIFFERENCE (docs/WINDOWS.md): a read after a reset returned end of stream");
         return;
     }
     assert_eq!(outcome, Err(io::ErrorKind::ConnectionReset));
