@@ -708,20 +708,25 @@ impl LoopCtx {
             }
         }
         let c = &mut self.conns[idx as usize];
-        if ev.is_error() && c.flags & flag::EOF == 0 {
-            // A reset: say so even where a read after it returns end of
-            // stream (Wine) instead of the error.
-            if let Some(Ok(Some(e))) = c.socket.as_ref().map(Socket::take_error) {
-                tracing::debug!(error = %e, "socket error reported");
-                c.flags |= flag::RESET;
-            }
-        }
+        let eof_before = c.flags & flag::EOF != 0;
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             c.flags |= flag::READ_READY;
             if ev.is_read_closed() {
                 c.flags |= flag::PEER_FIN;
             }
+            // What arrived before a reset is still delivered.
             self.readable(idx);
+        }
+        if ev.is_error() && !eof_before {
+            // The poller's error flag is the reset, even where a read after
+            // it returns end of stream instead of the error (Wine). After the
+            // peer's FIN was seen, a reset is reported at the next write
+            // instead, as on the oneshot backends, which stop watching a
+            // half-closed idle connection.
+            let c = &mut self.conns[idx as usize];
+            if c.flags & (flag::DEAD | flag::DEAD_DONE) == 0 {
+                c.flags |= flag::RESET;
+            }
         }
         if ev.is_priority() && self.priority {
             let c = &self.conns[idx as usize];
