@@ -1,0 +1,122 @@
+//! A minimal reproduction, on the bare poller, of the one net-layer failure
+//! seen under Wine on afd-direct (`contract::local_close_with_queued_data_
+//! delivers_all_of_it`, intermittent): a oneshot registration re-armed for
+//! writable after each event while the peer drains the socket. Every re-arm
+//! must be followed by an event once the kernel has room again; a wait of
+//! 3 s with nothing while the peer reads means a lost event.
+//!
+//! The net layer's registration pattern, exactly: added READABLE | PRIORITY,
+//! modified to READABLE | WRITABLE while data is queued, re-armed with that
+//! after each event.
+
+mod util;
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use readiness::{Events, Interest, Mode, Poller};
+
+fn poller() -> Poller {
+    match util::backend_from_env() {
+        Some(b) => Poller::with_backend(b).unwrap(),
+        None => Poller::new().unwrap(),
+    }
+}
+
+#[test]
+fn oneshot_writable_rearm_is_never_lost() {
+    rearm_rounds(0);
+}
+
+/// The same in four threads at once, each with its own poller, as the
+/// contract tests run (socket handle values are then reused across pollers).
+#[test]
+fn oneshot_writable_rearm_is_never_lost_with_parallel_pollers() {
+    let threads: Vec<_> = (1..=4)
+        .map(|t| std::thread::spawn(move || rearm_rounds(t)))
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn rearm_rounds(thread: usize) {
+    const TOTAL: usize = 16 << 20;
+    let rounds: usize = std::env::var("REPRO_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for round in 0..rounds {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(32 << 10).unwrap();
+        s.connect(&addr.into()).unwrap();
+        let mut client = TcpStream::from(s);
+        let (server, _) = listener.accept().unwrap();
+        let server = socket2::Socket::from(server);
+        server.set_send_buffer_size(32 << 10).unwrap();
+        server.set_nonblocking(true).unwrap();
+        let poller = poller();
+        let mut first = Interest::READABLE;
+        if poller.supports_priority() {
+            first |= Interest::PRIORITY;
+        }
+        poller.add(&server, 1, first, Mode::Oneshot).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut got = 0;
+            while got < TOTAL {
+                match client.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) => panic!("reader: {e}"),
+                }
+            }
+            got
+        });
+        let chunk = vec![7u8; 1 << 20];
+        let mut sent = 0;
+        let mut events = Events::new();
+        let mut rearms = 0;
+        while sent < TOTAL {
+            // Write until the kernel is full.
+            loop {
+                let n = (TOTAL - sent).min(chunk.len());
+                if n == 0 {
+                    break;
+                }
+                match (&server).write(&chunk[..n]) {
+                    Ok(k) => sent += k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+            if sent == TOTAL {
+                break;
+            }
+            poller
+                .modify(&server, 1, Interest::BOTH, Mode::Oneshot)
+                .unwrap();
+            rearms += 1;
+            let t0 = Instant::now();
+            let n = poller
+                .wait(&mut events, Some(Duration::from_secs(3)))
+                .unwrap();
+            assert!(
+                n > 0 || t0.elapsed() < Duration::from_secs(3),
+                "{} backend, thread {thread}, round {round}: no event within 3 s after re-arm {rearms} \
+                 for writable ({sent} of {TOTAL} bytes sent; the peer keeps reading)",
+                poller.backend()
+            );
+        }
+        poller.delete(&server).unwrap();
+        drop(server);
+        assert_eq!(reader.join().unwrap(), TOTAL);
+        println!(
+            "{} round {round}: {rearms} re-arms, none lost",
+            poller.backend()
+        );
+    }
+}
