@@ -5,6 +5,7 @@ edge-triggered loop on the same poller (examples/raw_echo.rs), in one run.
 
     cargo build --release -p readiness-net --examples
     python3 crates/readiness-net/benches/echo_cpu.py [--reps 5] [--round-trips 100000]
+    python3 crates/readiness-net/benches/echo_cpu.py --instructions   # valgrind counts
 
 The server is pinned to core 0, the client (examples/echo_load.rs, blocking,
 one thread per connection, every byte validated) to core 1. Server CPU is
@@ -33,8 +34,8 @@ SERVERS = {
 WORKLOADS = [(1, 64), (10, 64), (1, 4096)]
 
 
-def start(name, env=None):
-    cmd = ["taskset", "-c", "0"] + SERVERS[name] + ["--addr", "127.0.0.1:0"]
+def start(name, env=None, wrap=None):
+    cmd = (wrap or ["taskset", "-c", "0"]) + SERVERS[name] + ["--addr", "127.0.0.1:0"]
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     line = p.stdout.readline()
     m = re.match(r"listening on (\S+)", line)
@@ -102,15 +103,46 @@ def syscalls(name, conns, size, n):
     return sum(v for v in per.values()), per
 
 
+def instructions(name, conns, size, n):
+    """User-space instructions the server executes for n round trips
+    (valgrind's callgrind: exact counts, no noise), startup included."""
+    out = f"/tmp/echo_cpu_callgrind.{name}.out"
+    p, addr = start(name, wrap=["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out])
+    load(addr, conns, size, n)
+    stop(p)
+    with open(out) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                return int(line.split()[1])
+    sys.exit("no callgrind summary")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--round-trips", type=int, default=100_000)
     ap.add_argument("--no-strace", action="store_true")
+    ap.add_argument("--instructions", action="store_true",
+                    help="only the user-space instruction counts (valgrind)")
     a = ap.parse_args()
+    if a.instructions:
+        print("| connections | size | net instr/rt | raw instr/rt | net - raw |")
+        print("|---:|---:|---:|---:|---:|")
+        for conns, size in WORKLOADS:
+            per = {}
+            for name in ("net", "raw"):
+                # The difference of two runs cancels start-up and shutdown.
+                small = instructions(name, conns, size, 1000)
+                big = instructions(name, conns, size, 11000)
+                per[name] = (big - small) / (10000 * conns)
+            print(f"| {conns} | {size} | {per['net']:.0f} | {per['raw']:.0f} | "
+                  f"{per['net'] - per['raw']:.0f} |")
+            sys.stdout.flush()
+        return
     print(f"# {a.reps} interleaved runs per cell, {a.round_trips} round trips each; medians")
-    print("| connections | size | net µs/rt | raw µs/rt | ratio net/raw | net rt/s | raw rt/s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| connections | size | net µs/rt | raw µs/rt | ratio net/raw, median (range) | "
+          "ratio of minima | net rt/s | raw rt/s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for conns, size in WORKLOADS:
         res = {"net": [], "raw": []}
         for _ in range(a.reps):
@@ -121,6 +153,7 @@ def main():
         ratios = [n[0] / r[0] for n, r in zip(res["net"], res["raw"])]
         print(f"| {conns} | {size} | {net:.2f} | {raw:.2f} | {statistics.median(ratios):.3f} "
               f"({min(ratios):.3f}-{max(ratios):.3f}) | "
+              f"{min(r[0] for r in res['net']) / min(r[0] for r in res['raw']):.3f} | "
               f"{statistics.median(r[1] for r in res['net']):.0f} | "
               f"{statistics.median(r[1] for r in res['raw']):.0f} |")
         sys.stdout.flush()

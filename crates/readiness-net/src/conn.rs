@@ -921,6 +921,25 @@ impl LoopCtx {
     /// the callbacks its state calls for, in order, closes it when it is
     /// done, and re-arms its registration and timer.
     pub(crate) fn settle(&mut self, idx: u32) {
+        // The common case (data came, was handled, nothing else happened):
+        // straight to the re-arm.
+        const SLOW: u32 = flag::FAILED
+            | flag::CONNECT_DUE
+            | flag::RESET
+            | flag::DEAD
+            | flag::DEAD_DONE
+            | flag::EOF
+            | flag::DRAIN_DUE
+            | flag::CLOSING
+            | flag::SHUT_WR_PENDING;
+        match self.conns.get(idx as usize) {
+            Some(c) if c.flags & SLOW == 0 => {
+                self.rearm(idx);
+                return;
+            }
+            None => return,
+            Some(_) => {}
+        }
         loop {
             let Some(c) = self.conns.get_mut(idx as usize) else {
                 return;

@@ -556,12 +556,14 @@ impl LoopCtx {
         {
             return Some(Duration::ZERO);
         }
-        self.update_now();
         let mut t = self.timers.next_deadline();
         if let Some(d) = self.stopping {
             t = Some(t.map_or(d, |t| t.min(d)));
         }
-        t.map(|t| Duration::from_millis(t.saturating_sub(self.now_ms)))
+        // The clock is read again only when a deadline needs it.
+        let t = t?;
+        self.update_now();
+        Some(Duration::from_millis(t.saturating_sub(self.now_ms)))
     }
 
     fn turn_tail(&mut self) {
@@ -574,12 +576,17 @@ impl LoopCtx {
         self.publish();
     }
 
+    #[inline]
     fn free_slots(&mut self) {
-        for idx in self.free_list.drain(..) {
-            self.conns.remove(idx as usize);
+        if !self.free_list.is_empty() {
+            for idx in self.free_list.drain(..) {
+                self.conns.remove(idx as usize);
+            }
         }
-        for idx in self.udp_free.drain(..) {
-            self.udps.remove(idx as usize);
+        if !self.udp_free.is_empty() {
+            for idx in self.udp_free.drain(..) {
+                self.udps.remove(idx as usize);
+            }
         }
     }
 
