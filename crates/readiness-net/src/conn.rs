@@ -1136,6 +1136,8 @@ impl LoopCtx {
             ));
         } else if f & flag::CLOSING != 0 {
             c.flags |= flag::DEAD | flag::ABORT;
+            self.stats.close_timeouts += 1;
+            tracing::debug!(idx, "graceful close made no progress: reset");
         } else if f & (flag::DEAD | flag::RESET | flag::CONNECT_DUE) == 0 {
             c.last_active = self.now_ms as u32;
             self.stats.timeouts += 1;

@@ -22,6 +22,9 @@ pub struct Stats {
     pub connect_failures: u64,
     /// Idle timeouts that fired, in all.
     pub timeouts: u64,
+    /// Graceful closes that made no progress for the close linger and were
+    /// reset, in all.
+    pub close_timeouts: u64,
     /// TCP bytes read.
     pub bytes_in: u64,
     /// TCP bytes handed to the kernel.
@@ -52,6 +55,7 @@ impl AddAssign for Stats {
         self.connections_connected += o.connections_connected;
         self.connect_failures += o.connect_failures;
         self.timeouts += o.timeouts;
+        self.close_timeouts += o.close_timeouts;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
         self.bytes_queued += o.bytes_queued;

@@ -5,7 +5,7 @@
 mod util;
 
 use std::cell::RefCell;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -217,6 +217,7 @@ fn large_writes_fill_the_socket_buffer() {
     let got = read_to_end(&mut peer);
     assert_eq!(got.len(), TOTAL);
     check_pattern(&got, 0);
+    drop(peer); // the FIN ends the loop's close linger
     clog.assert_ends(&[Call::Connected, Call::Drained, Call::Disconnected]);
     assert!(
         refusals.load(Ordering::Relaxed) > 0,
@@ -253,6 +254,7 @@ fn write_over_high_water_is_refused_and_nothing_is_lost() {
     let got = read_to_end(&mut peer);
     assert_eq!(got.len(), TOTAL);
     check_pattern(&got, 0);
+    drop(peer);
     assert!(refusals.load(Ordering::Relaxed) > 0);
     let stats = fresh_stats(&running.handle);
     // The refusals counted here plus the one InvalidInput write.
@@ -324,10 +326,24 @@ fn local_close_with_queued_data_delivers_all_of_it() {
     let mut peer = small_client(addr);
     clog.wait_for(Call::Connected);
     std::thread::sleep(Duration::from_millis(100));
-    let got = read_to_end(&mut peer);
+    let t0 = std::time::Instant::now();
+    let mut got = Vec::new();
+    if let Err(e) = peer.read_to_end(&mut got) {
+        let stats = fresh_stats(&running.handle);
+        panic!(
+            "read failed after {} of {TOTAL} bytes and {:?}: {e}; the loop's graceful \
+             closes that timed out without progress: {} (a lost writable event?)",
+            got.len(),
+            t0.elapsed(),
+            stats.close_timeouts
+        );
+    }
     assert_eq!(got.len(), TOTAL);
     check_pattern(&got, 0);
+    // The peer's FIN ends the loop's close linger.
+    drop(peer);
     clog.assert_ends(&[Call::Connected, Call::Disconnected]);
+    assert_eq!(fresh_stats(&running.handle).close_timeouts, 0);
     running.stop();
 }
 
