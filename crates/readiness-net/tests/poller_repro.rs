@@ -120,3 +120,90 @@ fn rearm_rounds(thread: usize) {
         );
     }
 }
+
+/// The net layer's accept-and-read pattern, for the other intermittent
+/// afd-direct loss (`contract::oob_byte`): a listener and its accepted
+/// sockets on one poller, every registration oneshot and re-armed after its
+/// event; the peer sends a byte, then (after the readable event) an urgent
+/// byte, then closes. Each step must be reported within 3 s. Four threads,
+/// one poller each, many connections each.
+#[test]
+fn oneshot_rearm_after_read_sees_the_next_event() {
+    let threads: Vec<_> = (0..4)
+        .map(|t| std::thread::spawn(move || accept_read_rounds(t, 40)))
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn wait_key(
+    poller: &Poller,
+    events: &mut Events,
+    key: usize,
+    what: &str,
+    ctx: &str,
+) -> readiness::Event {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        poller.wait_deadline(events, Some(deadline)).unwrap();
+        if let Some(e) = events.iter().find(|e| e.key() == key) {
+            return *e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} backend, {ctx}: no {what} event within 3 s",
+            poller.backend()
+        );
+    }
+}
+
+fn accept_read_rounds(thread: usize, rounds: usize) {
+    let poller = poller();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    poller
+        .add(&listener, 0, Interest::READABLE, Mode::Oneshot)
+        .unwrap();
+    let mut events = Events::new();
+    let rp = if poller.supports_priority() {
+        Interest::READABLE | Interest::PRIORITY
+    } else {
+        Interest::READABLE
+    };
+    for round in 0..rounds {
+        let ctx = format!("thread {thread}, round {round}");
+        let mut peer = TcpStream::connect(addr).unwrap();
+        wait_key(&poller, &mut events, 0, "accept", &ctx);
+        let (server, _) = listener.accept().unwrap();
+        poller
+            .modify(&listener, 0, Interest::READABLE, Mode::Oneshot)
+            .unwrap();
+        server.set_nonblocking(true).unwrap();
+        poller.add(&server, 1, rp, Mode::Oneshot).unwrap();
+        peer.write_all(b"a").unwrap();
+        let e = wait_key(&poller, &mut events, 1, "readable", &ctx);
+        assert!(e.is_readable(), "{ctx}: {e:?}");
+        let mut buf = [0u8; 16];
+        assert_eq!((&server).read(&mut buf).unwrap(), 1);
+        poller.modify(&server, 1, rp, Mode::Oneshot).unwrap();
+        if poller.supports_priority() {
+            socket2::SockRef::from(&peer)
+                .send_out_of_band(b"!")
+                .unwrap();
+            let e = wait_key(&poller, &mut events, 1, "priority", &ctx);
+            assert!(e.is_priority(), "{ctx}: {e:?}");
+            let mut b = [std::mem::MaybeUninit::new(0u8)];
+            socket2::SockRef::from(&server)
+                .recv_out_of_band(&mut b)
+                .unwrap();
+            poller.modify(&server, 1, rp, Mode::Oneshot).unwrap();
+        }
+        drop(peer);
+        let e = wait_key(&poller, &mut events, 1, "read-closed", &ctx);
+        assert!(e.is_readable() || e.is_read_closed(), "{ctx}: {e:?}");
+        poller.delete(&server).unwrap();
+        drop(server);
+    }
+}
