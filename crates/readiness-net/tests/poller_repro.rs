@@ -137,29 +137,49 @@ fn oneshot_rearm_after_read_sees_the_next_event() {
     }
 }
 
+/// Waits with no timeout, as the net layer does when no timer is pending
+/// (`GetQueuedCompletionStatusEx(INFINITE)` on Windows); a watchdog thread
+/// wakes the wait with `notify` after 3 s and the wait is then a failure.
 fn wait_key(
-    poller: &Poller,
+    poller: &std::sync::Arc<Poller>,
     events: &mut Events,
     key: usize,
     what: &str,
     ctx: &str,
 ) -> readiness::Event {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        poller.wait_deadline(events, Some(deadline)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let (p, f) = (poller.clone(), fired.clone());
+        std::thread::spawn(move || {
+            if rx.recv_timeout(Duration::from_secs(3)).is_err() {
+                f.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = p.notify();
+            }
+        })
+    };
+    let found = loop {
+        poller.wait(events, None).unwrap();
         if let Some(e) = events.iter().find(|e| e.key() == key) {
-            return *e;
+            break Some(*e);
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} backend, {ctx}: no {what} event within 3 s",
+        if fired.load(std::sync::atomic::Ordering::SeqCst) {
+            break None;
+        }
+    };
+    let _ = tx.send(());
+    watchdog.join().unwrap();
+    match found {
+        Some(e) => e,
+        None => panic!(
+            "{} backend, {ctx}: no {what} event within 3 s (wait without timeout)",
             poller.backend()
-        );
+        ),
     }
 }
 
 fn accept_read_rounds(thread: usize, rounds: usize) {
-    let poller = poller();
+    let poller = std::sync::Arc::new(poller());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -189,10 +209,15 @@ fn accept_read_rounds(thread: usize, rounds: usize) {
         assert_eq!((&server).read(&mut buf).unwrap(), 1);
         poller.modify(&server, 1, rp, Mode::Oneshot).unwrap();
         if poller.supports_priority() {
-            socket2::SockRef::from(&peer)
-                .send_out_of_band(b"!")
-                .unwrap();
+            // Sent while this thread is already blocked in the wait, as in
+            // the net layer (the sleep only makes that interleaving likely).
+            let p2 = peer.try_clone().unwrap();
+            let sender = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                socket2::SockRef::from(&p2).send_out_of_band(b"!").unwrap();
+            });
             let e = wait_key(&poller, &mut events, 1, "priority", &ctx);
+            sender.join().unwrap();
             assert!(e.is_priority(), "{ctx}: {e:?}");
             let mut b = [std::mem::MaybeUninit::new(0u8)];
             socket2::SockRef::from(&server)
@@ -200,6 +225,32 @@ fn accept_read_rounds(thread: usize, rounds: usize) {
                 .unwrap();
             poller.modify(&server, 1, rp, Mode::Oneshot).unwrap();
         }
+        // Writable after the peer drains, while blocked in the wait.
+        let big = vec![0u8; 1 << 20];
+        let mut queued = 0;
+        loop {
+            match (&server).write(&big) {
+                Ok(n) => queued += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{ctx}: write: {e}"),
+            }
+        }
+        poller
+            .modify(&server, 1, Interest::BOTH, Mode::Oneshot)
+            .unwrap();
+        let mut p3 = peer.try_clone().unwrap();
+        let drainer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut got = 0;
+            let mut buf = vec![0u8; 64 << 10];
+            while got < queued {
+                got += p3.read(&mut buf).unwrap();
+            }
+        });
+        let e = wait_key(&poller, &mut events, 1, "writable", &ctx);
+        assert!(e.is_writable(), "{ctx}: {e:?}");
+        drainer.join().unwrap();
+        poller.modify(&server, 1, rp, Mode::Oneshot).unwrap();
         drop(peer);
         let e = wait_key(&poller, &mut events, 1, "read-closed", &ctx);
         assert!(e.is_readable() || e.is_read_closed(), "{ctx}: {e:?}");
