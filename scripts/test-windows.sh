@@ -40,6 +40,8 @@ DIRECT_BACKEND_BINARIES=(
     'suite*'
     'leaks*'
     'events_doc*'
+    'contract*'
+    'poller_repro*'
 )
 # Every binary runs with this backend.
 DEFAULT_BACKEND=afd

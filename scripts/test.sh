@@ -28,9 +28,9 @@ run() {
 
 run "linux: epoll (default backend)" cargo test --workspace
 run "linux: poll(2) (forced by cfg)" env RUSTFLAGS="--cfg readiness_test_poll_backend" \
-    cargo test -p readiness -p readiness-async --target-dir target/poll-backend
+    cargo test -p readiness -p readiness-net -p readiness-async --target-dir target/poll-backend
 run "windows under wine: afd and afd-direct" env \
-    WINE_TEST_PACKAGES="${WINE_TEST_PACKAGES:-readiness readiness-async readiness-cli}" scripts/test-windows.sh
+    WINE_TEST_PACKAGES="${WINE_TEST_PACKAGES:-readiness readiness-net readiness-async readiness-cli}" scripts/test-windows.sh
 
 # One total over every libtest result line of every pass (the Windows pass
 # prints its binaries' own lines too).
