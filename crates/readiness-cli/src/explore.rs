@@ -349,22 +349,34 @@ fn abortive_close(p: &Poller) -> io::Result<String> {
     SockRef::from(&c).set_linger(Some(Duration::ZERO))?;
     drop(c);
     // Writable at once as well as reset: wait for the reset itself.
+    first_where(p, &s, |e| e.is_error() || e.is_read_closed(), "no reset")
+}
+
+/// Waits for the first event of `s` (key 1, BOTH, oneshot) that `wanted`
+/// accepts, re-arming after the others (a writable socket reports writable
+/// before the hang-up comes).
+fn first_where(
+    p: &Poller,
+    s: &TcpStream,
+    wanted: impl Fn(&Event) -> bool,
+    missing: &str,
+) -> io::Result<String> {
     let mut events = Events::new();
     let deadline = Instant::now() + LONG;
     loop {
         p.wait_deadline(&mut events, Some(deadline))?;
         if let Some(e) = events.iter().find(|e| e.key() == 1) {
-            if e.is_error() || e.is_read_closed() {
+            if wanted(e) {
                 return Ok(format!(
                     "{} · {}",
                     flags(e),
                     native(p.backend(), e.native())
                 ));
             }
-            p.modify(&s, 1, Interest::BOTH, Mode::Oneshot)?;
+            p.modify(s, 1, Interest::BOTH, Mode::Oneshot)?;
         }
         if Instant::now() >= deadline {
-            return Ok(format!("(no reset within {LONG:?})"));
+            return Ok(format!("({missing} within {LONG:?})"));
         }
     }
 }
@@ -441,24 +453,7 @@ fn shut_both_ways(p: &Poller) -> io::Result<String> {
     s.shutdown(Shutdown::Write)?;
     p.add(&s, 1, Interest::BOTH, Mode::Oneshot)?;
     // Writable may come first on its own: wait for the hang-up.
-    let mut events = Events::new();
-    let deadline = Instant::now() + LONG;
-    loop {
-        p.wait_deadline(&mut events, Some(deadline))?;
-        if let Some(e) = events.iter().find(|e| e.key() == 1) {
-            if e.is_read_closed() {
-                return Ok(format!(
-                    "{} · {}",
-                    flags(e),
-                    native(p.backend(), e.native())
-                ));
-            }
-            p.modify(&s, 1, Interest::BOTH, Mode::Oneshot)?;
-        }
-        if Instant::now() >= deadline {
-            return Ok(format!("(no hang-up within {LONG:?})"));
-        }
-    }
+    first_where(p, &s, Event::is_read_closed, "no hang-up")
 }
 
 fn local_shutdown_read(p: &Poller) -> io::Result<String> {
