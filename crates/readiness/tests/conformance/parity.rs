@@ -382,7 +382,7 @@ fn two_waiters_rearming_oneshots_never_stall() {
                         }
                     }
                     n += 1;
-                    if n % 3 == 0 {
+                    if n.is_multiple_of(3) {
                         late.push(key);
                     } else {
                         poller
