@@ -693,12 +693,9 @@ impl LoopCtx {
 
     // ------------------------------------------------------------- shutdown
 
-    fn begin_shutdown(&mut self, flush_deadline: Option<Duration>) {
-        if self.stopping.is_some() {
-            return;
-        }
-        let t = flush_deadline.unwrap_or(self.config.shutdown_timeout);
-        self.stopping = Some(self.now_ms.saturating_add(t.as_millis() as u64));
+    /// Closes every listener and every UDP socket (dropping their queued
+    /// datagrams when `discard`; otherwise each flushes what it can first).
+    fn close_listeners_and_udps(&mut self, discard: bool) {
         let listeners: Vec<usize> = self.listeners.iter().map(|(i, _)| i).collect();
         for idx in listeners {
             self.remove_listener(idx);
@@ -707,9 +704,21 @@ impl LoopCtx {
         for idx in udps {
             if let Some(u) = self.udps.get_mut(idx as usize) {
                 u.flags |= crate::udp::flag::CLOSING;
+                if discard {
+                    u.queue.clear();
+                }
             }
             self.settle_udp(idx);
         }
+    }
+
+    fn begin_shutdown(&mut self, flush_deadline: Option<Duration>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let t = flush_deadline.unwrap_or(self.config.shutdown_timeout);
+        self.stopping = Some(self.now_ms.saturating_add(t.as_millis() as u64));
+        self.close_listeners_and_udps(false);
         let ids: Vec<u32> = self.conns.iter().map(|(i, _)| i as u32).collect();
         for idx in ids {
             let c = &mut self.conns[idx as usize];
@@ -731,18 +740,7 @@ impl LoopCtx {
     /// Resets every connection and closes every socket; each handler gets
     /// its last call.
     fn abort_everything(&mut self) {
-        let listeners: Vec<usize> = self.listeners.iter().map(|(i, _)| i).collect();
-        for idx in listeners {
-            self.remove_listener(idx);
-        }
-        let udps: Vec<u32> = self.udps.iter().map(|(i, _)| i as u32).collect();
-        for idx in udps {
-            if let Some(u) = self.udps.get_mut(idx as usize) {
-                u.flags |= crate::udp::flag::CLOSING;
-                u.queue.clear();
-            }
-            self.settle_udp(idx);
-        }
+        self.close_listeners_and_udps(true);
         let ids: Vec<u32> = self.conns.iter().map(|(i, _)| i as u32).collect();
         for idx in ids {
             let c = &mut self.conns[idx as usize];
