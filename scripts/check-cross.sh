@@ -35,7 +35,7 @@ RUSTC_BIN=/usr/bin/rustc
 CARGO_BIN=/usr/bin/cargo
 CLIPPY_BIN=/usr/bin/cargo-clippy
 RUST_VERSION_WANTED=1.96
-APT_PACKAGES=(rustc-web cargo-web rust-web-src rust-web-clippy binutils-mingw-w64-i686)
+APT_PACKAGES=(rustc-web cargo-web rust-web-src rust-web-clippy binutils-mingw-w64-i686 binutils-mingw-w64-x86-64)
 DEFAULT_TARGETS="x86_64-unknown-freebsd aarch64-apple-darwin x86_64-unknown-netbsd"
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
@@ -70,9 +70,14 @@ have_tools() {
     [[ -x "$RUSTC_BIN" && -x "$CARGO_BIN" ]] || return 1
     "$RUSTC_BIN" --version | grep -q "^rustc $RUST_VERSION_WANTED\." || return 1
     [[ -f "$("$RUSTC_BIN" --print sysroot)/lib/rustlib/src/rust/library/Cargo.lock" ]] || return 1
-    # std for 32-bit Windows links its import libraries with MinGW's dlltool.
+    # std for Windows links its import libraries with MinGW's dlltool (a
+    # fresh machine has neither; scripts/test-windows.sh installs the 64-bit
+    # one too, but this script may run first).
     if [[ " ${TARGETS[*]} " == *" i686-pc-windows-gnu "* ]]; then
         command -v i686-w64-mingw32-dlltool >/dev/null || return 1
+    fi
+    if [[ " ${TARGETS[*]} " == *" x86_64-pc-windows-gnu "* ]]; then
+        command -v x86_64-w64-mingw32-dlltool >/dev/null || return 1
     fi
     if [[ "$WANT_CLIPPY" != 0 ]]; then
         [[ -x "$CLIPPY_BIN" ]] || return 1

@@ -1449,7 +1449,7 @@ impl Driver for IocpPoller {
         // at going first (by the wait's parity), so that neither starves the
         // other in a small buffer: level sources that stay ready fill the
         // stash on every wait, completions keep coming through the port.
-        let stash_first = wait % 2 == 0;
+        let stash_first = wait.is_multiple_of(2);
         let mut stash_out = Out {
             list: None,
             capacity: 0,
