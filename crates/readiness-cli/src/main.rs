@@ -11,7 +11,16 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use readiness::{Backend, Events, Interest, Mode, Poller};
 
+mod bench;
+mod cpu;
 mod echo_client;
+mod echo_server;
+
+/// Counts every heap allocation of the process (atomics around the System
+/// allocator), for `readiness bench`'s allocations per round trip.
+#[global_allocator]
+pub(crate) static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> =
+    &stats_alloc::INSTRUMENTED_SYSTEM;
 
 #[derive(Parser)]
 #[command(name = "readiness", version, about = "Socket readiness on every OS")]
@@ -28,6 +37,13 @@ enum Command {
     /// Print the backends built for this OS, their capabilities, and check
     /// each with a loopback connection.
     Probe,
+    /// The main job: an echo server and the echo-client load generator in
+    /// this process on loopback; prints round trips/s, MB/s, latency
+    /// percentiles, server CPU and allocations per round trip, failures.
+    Bench(bench::BenchArgs),
+    /// Serve TCP echo on the net layer until Ctrl-C or SIGTERM, then shut
+    /// down gracefully and print the server's statistics.
+    EchoServer(echo_server::EchoServerArgs),
     /// Load an echo server: N connections, K messages in flight each, every
     /// echoed byte checked; prints round trips/s, MB/s and latencies.
     EchoClient(echo_client::EchoClientArgs),
@@ -80,6 +96,11 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match &cli.command {
         Command::Probe => probe().map(|()| true),
+        Command::Bench(args) => {
+            bench::main(args).map_err(|e| io::Error::new(e.kind(), format!("bench: {e}")))
+        }
+        Command::EchoServer(args) => echo_server::main(args)
+            .map_err(|e| io::Error::new(e.kind(), format!("echo-server: {e}"))),
         Command::EchoClient(args) => echo_client::main(args)
             .map_err(|e| io::Error::new(e.kind(), format!("echo-client: {e}"))),
         Command::Explore { backend, markdown } => {
@@ -112,30 +133,51 @@ fn init_tracing(verbose: u8) {
 
 /// Raises the soft limit on open descriptors to the hard limit (Unix), so
 /// the client can hold the scale test's connections; failures only warn.
-pub(crate) fn raise_fd_limit() {
+/// Returns the soft limit now in force (`None`: no such limit, or unknown).
+pub(crate) fn raise_fd_limit() -> Option<u64> {
     #[cfg(unix)]
     {
         use rustix::process::{Resource, getrlimit, setrlimit};
         let mut limit = getrlimit(Resource::Nofile);
         if limit.current != limit.maximum {
+            let before = limit.current;
             limit.current = limit.maximum;
             if let Err(e) = setrlimit(Resource::Nofile, limit) {
                 tracing::warn!("raising the descriptor limit: {e}");
+                limit.current = before;
             }
         }
+        limit.current
+    }
+    #[cfg(not(unix))]
+    {
+        None
     }
 }
 
-fn explore(backend: Option<&str>, markdown: bool) -> io::Result<()> {
-    let backend = match backend {
-        None => Backend::default_for_os(),
+/// The backend named `name` (`None`: this OS's default). An unknown name is
+/// `InvalidInput`; a backend not built for this OS is reported when it is
+/// used.
+pub(crate) fn backend_by_name(name: Option<&str>) -> io::Result<Backend> {
+    match name {
+        None => Ok(Backend::default_for_os()),
         Some(name) => Backend::from_name(name).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("unknown backend {name:?} (epoll, poll, kqueue, afd, afd-direct)"),
+                format!("unknown backend '{name}' (epoll, poll, kqueue, afd, afd-direct)"),
             )
-        })?,
-    };
+        }),
+    }
+}
+
+/// Fails (`Unsupported`, naming it) if `backend` cannot be used here, so a
+/// server's set-up errors are about its address only.
+pub(crate) fn check_backend(backend: Backend) -> io::Result<()> {
+    Poller::with_backend(backend).map(drop)
+}
+
+fn explore(backend: Option<&str>, markdown: bool) -> io::Result<()> {
+    let backend = backend_by_name(backend)?;
     let outcomes = readiness_cli::explore::run(backend)
         .map_err(|e| io::Error::new(e.kind(), format!("explore on {backend}: {e}")))?;
     if markdown {

@@ -19,6 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use load::{Budget, ConnLoad, Pattern, Stats};
@@ -377,17 +378,46 @@ fn wait_for_line(what: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// The phases of a run, as an [`Observer`] sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting (and the idle connections' one echo).
+    Connecting,
+    /// The warm-up starts; it lasts this long.
+    Warmup(Duration),
+    /// The measured interval starts now; it lasts this long at most.
+    Measuring(Duration),
+    /// The measured interval ended now.
+    Done,
+}
+
+/// What an in-process caller (`readiness bench`) is told while the client
+/// runs, so it can measure its server over exactly the measured interval
+/// and show progress. Called on the client's thread, between its turns.
+pub trait Observer {
+    /// A phase starts.
+    fn phase(&mut self, phase: Phase);
+}
+
+struct NoObserver;
+
+impl Observer for NoObserver {
+    fn phase(&mut self, _: Phase) {}
+}
+
 /// Runs the client; returns the report (the caller prints it).
 pub fn run(args: &EchoClientArgs) -> io::Result<Report> {
-    let backend = match &args.backend {
-        None => readiness::Backend::default_for_os(),
-        Some(name) => readiness::Backend::from_name(name).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("unknown backend '{name}' (epoll, poll, kqueue, afd, afd-direct)"),
-            )
-        })?,
-    };
+    run_observed(args, &mut NoObserver).map(|(report, _)| report)
+}
+
+/// Runs the client in this process, telling `observer` about the phases;
+/// returns the report and the measured interval's latency histogram
+/// (nanoseconds).
+pub fn run_observed(
+    args: &EchoClientArgs,
+    observer: &mut dyn Observer,
+) -> io::Result<(Report, Histogram<u64>)> {
+    let backend = crate::backend_by_name(args.backend.as_deref())?;
     if args.server_pid.is_some() && !procfs::AVAILABLE {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -399,7 +429,7 @@ pub fn run(args: &EchoClientArgs) -> io::Result<Report> {
         procfs::cpu_seconds(pid)
             .map_err(|e| io::Error::new(e.kind(), format!("server process {pid}: {e}")))?;
     }
-    crate::raise_fd_limit();
+    let _ = crate::raise_fd_limit();
     let mut transport = poller::PollerTransport::new(backend, args.addr, &args.local_addr)?;
     let mut load = Load::new(args.connections, args.idle, args.size, args.depth);
     let mut report = Report {
@@ -414,6 +444,7 @@ pub fn run(args: &EchoClientArgs) -> io::Result<Report> {
     report.server_rss_start_kib = pid.and_then(|p| procfs::rss_kib(p).ok());
 
     // Connect (and the idle connections' one echo).
+    observer.phase(Phase::Connecting);
     let setup_deadline = Instant::now() + args.connect_timeout + Duration::from_secs(30);
     transport.connect(&mut load, args.connect_timeout, setup_deadline)?;
     (report.connected, report.idle_connected) = load.ever_connected;
@@ -436,6 +467,7 @@ pub fn run(args: &EchoClientArgs) -> io::Result<Report> {
         load.conns[i].enabled = load.is_connected(i);
     }
     if !args.warmup.is_zero() {
+        observer.phase(Phase::Warmup(args.warmup));
         transport.pump(&mut load, Instant::now() + args.warmup, &|_| false)?;
     }
     if args.round_trips.is_some() || args.pause {
@@ -458,6 +490,7 @@ pub fn run(args: &EchoClientArgs) -> io::Result<Report> {
     // The measured interval.
     load.budget = Budget(args.round_trips);
     load.stats.recording = true;
+    observer.phase(Phase::Measuring(args.duration));
     let cpu0 = pid.map(procfs::cpu_seconds).transpose()?;
     let t0 = Instant::now();
     let target = args.round_trips;
@@ -465,6 +498,7 @@ pub fn run(args: &EchoClientArgs) -> io::Result<Report> {
         target.is_some() && l.budget == Budget(Some(0)) && l.in_flight() == 0
     })?;
     let elapsed = t0.elapsed();
+    observer.phase(Phase::Done);
     let cpu1 = pid.map(procfs::cpu_seconds).transpose()?;
     load.stats.recording = false;
     load.budget = Budget(Some(0));
@@ -505,7 +539,11 @@ pub fn run(args: &EchoClientArgs) -> io::Result<Report> {
             report.server_cpu_us_per_round_trip = Some((b - a) * 1e6 / stats.round_trips as f64);
         }
     }
-    Ok(report)
+    let hist = std::mem::replace(
+        &mut load.stats.hist,
+        Histogram::new(1).map_err(io::Error::other)?,
+    );
+    Ok((report, hist))
 }
 
 /// Runs the client and prints the report; `Ok(false)` if the run failed
