@@ -257,6 +257,10 @@ impl Progress {
             };
         }
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("{prefix:>10} {spinner} {msg}") {
+            bar.set_style(style);
+        }
+        bar.set_prefix("starting");
         let ticker = {
             let (bar, stop, base) = (bar.clone(), stop.clone(), base.clone());
             std::thread::Builder::new()
@@ -271,7 +275,7 @@ impl Progress {
                                 .bytes_out
                                 .saturating_sub(base.load(Ordering::Relaxed));
                             let rate = echoed as f64 / size as f64 / t.as_secs_f64().max(1e-3);
-                            bar.set_message(format!("{rate:>9.0} round trips/s"));
+                            bar.set_message(format!("{rate:.0} round trips/s"));
                         }
                         bar.tick();
                         std::thread::sleep(Duration::from_millis(100));
@@ -288,21 +292,25 @@ impl Progress {
     }
 
     fn phase(&self, name: &str, len: Option<Duration>, server_bytes_out: u64) {
+        // Length 0 first: the ticker leaves the bar alone while it changes.
+        self.bar.set_length(0);
         self.base.store(server_bytes_out, Ordering::Relaxed);
+        self.bar.reset();
         let style = match len {
             Some(_) => ProgressStyle::with_template(
-                "{prefix:>10} [{bar:40}] {elapsed:>3}/{duration:3} {msg}",
+                "{prefix:>10} [{bar:30}] {elapsed:>3}/{duration:3} {msg}",
             ),
             None => ProgressStyle::with_template("{prefix:>10} {spinner} {msg}"),
         };
+        self.bar.set_prefix(name.to_string());
+        self.bar.set_message("");
+        if let Some(d) = len {
+            self.bar.set_length(d.as_millis().max(1) as u64);
+        }
+        // Last: a bar style drawn with length 0 would flash a full bar.
         if let Ok(style) = style {
             self.bar.set_style(style.progress_chars("=> "));
         }
-        self.bar.set_prefix(name.to_string());
-        self.bar.set_message("");
-        self.bar
-            .set_length(len.map_or(0, |d| d.as_millis().max(1) as u64));
-        self.bar.reset();
     }
 
     fn finish(&mut self) {
