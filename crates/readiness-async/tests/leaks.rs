@@ -52,11 +52,14 @@ async fn one_task(n: usize, tcp_addr: std::net::SocketAddr, sender: &Async<std::
                 poll_once(&mut recv).await.is_none(),
                 "datagram before it was sent"
             );
-            sender.send_to(&n.to_le_bytes(), addr).await.unwrap();
+            sender
+                .send_to(&(n as u64).to_le_bytes(), addr)
+                .await
+                .unwrap();
             let (len, _) = within("datagram", recv).await.unwrap();
             assert_eq!(len, 8);
         }
-        assert_eq!(usize::from_le_bytes(buf), n);
+        assert_eq!(u64::from_le_bytes(buf), n as u64);
     }
     drop(timer);
 }

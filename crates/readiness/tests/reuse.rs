@@ -57,7 +57,10 @@ fn value(source: &(impl AsSource + ?Sized)) -> u64 {
     #[cfg(windows)]
     {
         use std::os::windows::io::AsRawSocket;
-        source.as_socket().as_raw_socket()
+        // `RawSocket` is `u64` on 64-bit Windows, `u32` on 32-bit.
+        #[allow(clippy::unnecessary_cast)]
+        let value = source.as_socket().as_raw_socket() as u64;
+        value
     }
 }
 
