@@ -16,8 +16,8 @@
 //! So two kinds of test: the thread exits before the data arrives (the
 //! Windows reading: the poll stays pending; under Wine, the result is
 //! delivered through another thread), and the data arrives while the thread
-//! exits, over many rounds (under Wine: the lost result; it failed about one
-//! round in four before the poller handled it).
+//! exits, over many rounds (under Wine: the lost result; before the poller
+//! handled it, these failed within their first few rounds).
 //!
 //! The direct backend reports a lost poll as readiness of what it was armed
 //! for (it cannot poll again on its own): at most one event per lost poll
