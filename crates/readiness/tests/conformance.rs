@@ -5,6 +5,8 @@ mod util;
 
 #[path = "conformance/parity.rs"]
 mod parity;
+#[path = "conformance/thread_exit.rs"]
+mod thread_exit;
 
 use std::io::{self, ErrorKind, Read};
 use std::net::{TcpStream, UdpSocket};

@@ -55,6 +55,14 @@
 //!   `Op`, phase not `Idle`). Completions of replaced, cancelled or
 //!   superseded polls are dropped, so a re-armed oneshot never reports a
 //!   completion from before the `modify`.
+//! - **A completion whose result was never written is no close.** Under
+//!   Wine a poll that completes while its issuing thread exits is dequeued
+//!   with its status block still `STATUS_PENDING` and its reply holding the
+//!   request (whose mask has `LOCAL_CLOSE`): a lost result
+//!   ([`afd::result_lost`], `Self::result_lost`). Grouped polls again;
+//!   direct reports the armed interest once (it polls only in user calls).
+//!   A direct poll cancelled by the system (Windows before Vista, at thread
+//!   exit) is treated the same. docs/WINDOWS.md, "Polls whose thread exits".
 //! - **Direct: every poll the poller issues on its own is a hazard**: if the
 //!   handle value was reused by a socket associated with another completion
 //!   port, the completion (with our pointer) would go there. So the direct
@@ -303,6 +311,9 @@ struct Counters {
     dequeued: AtomicU64,
     inline: AtomicU64,
     drains: AtomicU64,
+    /// Completions dequeued with their result never written (a poll whose
+    /// thread exited, under Wine).
+    lost: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -314,6 +325,7 @@ pub(crate) struct Counts {
     pub(crate) dequeued: u64,
     pub(crate) inline: u64,
     pub(crate) drains: u64,
+    pub(crate) lost: u64,
 }
 
 pub(crate) struct IocpPoller {
@@ -506,6 +518,7 @@ impl IocpPoller {
             dequeued: get(&c.dequeued),
             inline: get(&c.inline),
             drains: get(&c.drains),
+            lost: get(&c.lost),
         }
     }
 
@@ -827,6 +840,13 @@ impl IocpPoller {
             return;
         }
         let cancelled = afd::is_cancelled(status);
+        if cancelled && direct {
+            // The direct backend cancels no poll outside `Drop`: this one was
+            // cancelled by the system, as Windows before Vista does when the
+            // thread that issued it exits. It says nothing about the socket.
+            self.report_armed(st, socket, out);
+            return;
+        }
         if !afd::nt_success(status) && !cancelled {
             // The poll itself failed: report an error once, then nothing
             // until the registration is modified.
@@ -884,6 +904,73 @@ impl IocpPoller {
         self.again(st, socket, out, depth);
     }
 
+    /// Handles the dequeued completion of `socket`'s current poll whose
+    /// result was never written (see [`afd::result_lost`]): it says nothing
+    /// about the socket, not even that it was closed, and its reply holds no
+    /// events. Grouped: poll again for what is wanted now. Direct: polling
+    /// on our own is unsound (module documentation), so the registration's
+    /// armed interest is reported instead (readiness is a hint: the user's
+    /// I/O finds out, and a `modify` polls again); a tombstone is dropped.
+    fn result_lost(&self, st: &mut State, socket: RawSocket, out: &mut Out<'_>, depth: u8) {
+        tracing::debug!(
+            socket,
+            "an AFD poll completed without its result (its thread exited)"
+        );
+        let Some(slot) = st.slots.get_mut(&socket) else {
+            return;
+        };
+        slot.phase = Phase::Idle;
+        if slot.reg.is_none() {
+            // A deleted slot's poll is back (grouped), or a tombstone's poll
+            // ended without telling whether its socket was closed (direct):
+            // nothing is left to watch.
+            Self::remove(st, socket);
+        } else if self.direct() {
+            self.report_armed(st, socket, out);
+        } else {
+            // Also a poll being cancelled: what it would have completed with
+            // does not matter, what is wanted now is polled.
+            self.again(st, socket, out, depth);
+        }
+    }
+
+    /// Direct: a poll of `socket`'s registration ended without telling
+    /// anything about the socket (its result was lost, or the system
+    /// cancelled it), and no poll may be issued outside a user call. Reports
+    /// the armed interest as readiness, once (the registration is then
+    /// fired: direct registrations are oneshot); the user's next I/O tells
+    /// whether it is there, and the `modify` that re-arms polls again.
+    fn report_armed(&self, st: &mut State, socket: RawSocket, out: &mut Out<'_>) {
+        let Some(slot) = st.slots.get_mut(&socket) else {
+            return;
+        };
+        slot.phase = Phase::Idle;
+        let Some(reg) = &mut slot.reg else {
+            Self::remove(st, socket);
+            return;
+        };
+        if reg.arm != Arm::Armed || reg.interest.is_none() {
+            // Nothing to report; a registration of interest `NONE` no longer
+            // watches for the close until it is modified.
+            return;
+        }
+        let mut flags = 0;
+        if reg.interest.is_readable() {
+            flags |= flag::READABLE;
+        }
+        if reg.interest.is_writable() {
+            flags |= flag::WRITABLE;
+        }
+        if reg.interest.is_priority() {
+            flags |= flag::PRIORITY;
+        }
+        debug_assert!(reg.mode.is_oneshot(), "direct registrations are oneshot");
+        reg.arm = Arm::Fired;
+        let event = Event::new(reg.key, flags);
+        slot.reported_in = out.wait;
+        slot.in_stash |= out.push(&mut st.stash, socket, event);
+    }
+
     /// Polls `socket` again for what it wants now, at once, or from the next
     /// wait if this chain of inline completions is getting long.
     fn again(&self, st: &mut State, socket: RawSocket, out: &mut Out<'_>, depth: u8) {
@@ -896,9 +983,13 @@ impl IocpPoller {
 
     /// The reference to its op that a dequeued poll completion carries, or
     /// `None` for a packet that is not one of our polls (a direct socket's
-    /// own overlapped I/O). Call once per dequeued packet with a non-null
-    /// overlapped pointer; the in-flight count is the caller's to adjust.
-    fn take_back(books: &mut Books, entry: &OVERLAPPED_ENTRY) -> Option<Arc<Op>> {
+    /// own overlapped I/O), and whether the poll's result was lost (its
+    /// status block still said `STATUS_PENDING`: a poll whose thread exited,
+    /// under Wine; see [`afd::result_lost`]). Call once per dequeued packet
+    /// with a non-null overlapped pointer, under the state lock (or with the
+    /// state owned, in `Drop`); the in-flight count is the caller's to
+    /// adjust.
+    fn take_back(books: &mut Books, entry: &OVERLAPPED_ENTRY) -> Option<(Arc<Op>, bool)> {
         let context = entry.lpOverlapped as usize;
         if !books.outstanding.remove(&context) {
             return None;
@@ -908,9 +999,13 @@ impl IocpPoller {
         // `Arc<Op>` reference made by `Arc::into_raw` in `submit`. Removing it
         // from the set first means the reference is taken back once.
         let op = unsafe { Arc::from_raw(context as *const Op) };
+        // SAFETY: the packet was dequeued, so the kernel is done with the
+        // status block; the poller touches op cells only under the state lock
+        // (or with the state owned), which the caller holds.
+        let lost = unsafe { afd::result_lost(op.iosb.get()) };
         #[cfg(test)]
         op.lent.store(false, Ordering::Relaxed);
-        Some(op)
+        Some((op, lost))
     }
 
     /// Handles one dequeued packet. Returns whether it was a notification.
@@ -922,12 +1017,15 @@ impl IocpPoller {
             }
             return false; // WAKE_KEY: the caller collects the stash
         }
-        let Some(op) = Self::take_back(&mut st.books, entry) else {
+        let Some((op, lost)) = Self::take_back(&mut st.books, entry) else {
             tracing::warn!("ignored a completion that is not an AFD poll of this poller");
             return false;
         };
         st.books.in_flight -= 1;
         bump(&self.counters.dequeued);
+        if lost {
+            bump(&self.counters.lost);
+        }
         let socket = op.socket;
         let current = st
             .slots
@@ -935,6 +1033,11 @@ impl IocpPoller {
             .is_some_and(|s| s.phase.in_kernel() && Arc::ptr_eq(&s.op, &op));
         if !current {
             return false; // replaced, superseded or forgotten since
+        }
+        if lost {
+            drop(op); // the kernel's reference: the op may be reused now
+            self.result_lost(st, socket, out, 0);
+            return false;
         }
         // SAFETY: the completion was dequeued, so the kernel is done with the
         // cells, and we hold the state lock.

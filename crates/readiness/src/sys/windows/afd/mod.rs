@@ -174,6 +174,39 @@ pub(crate) unsafe fn finished_events(
     Some(unsafe { std::ptr::read_volatile(info) }.events())
 }
 
+/// What the poller writes into the status block of a request whose
+/// completion was dequeued with its result never written (see
+/// [`result_lost`]): an NTSTATUS of ours (customer bit set, error severity),
+/// which no system call returns.
+pub(crate) const STATUS_RESULT_LOST: NTSTATUS = 0xE000_0103_u32 as NTSTATUS;
+
+/// Whether the request whose completion packet was just dequeued, with
+/// status block `iosb`, finished without its result being written: its
+/// status is still `STATUS_PENDING`. Under Wine a poll whose issuing thread
+/// exits completes like that (docs/WINDOWS.md, "Polls whose thread exits");
+/// its reply then still holds the request, not events. The status block is
+/// the caller's again, so such a status is replaced by
+/// [`STATUS_RESULT_LOST`]: nothing may later take the block for one of a
+/// request still in the kernel.
+///
+/// # Safety
+///
+/// `iosb` must be the status block of a request whose completion packet has
+/// been dequeued (the kernel is done with it), and nothing else may access
+/// it during the call.
+pub(crate) unsafe fn result_lost(iosb: *mut IO_STATUS_BLOCK) -> bool {
+    // SAFETY: the caller guarantees exclusive access to a block the kernel
+    // no longer writes; both union members are integers.
+    unsafe {
+        if (*iosb).Anonymous.Status == STATUS_PENDING {
+            (*iosb).Anonymous.Status = STATUS_RESULT_LOST;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Whether an NTSTATUS is a success or informational code (severity 0 or
 /// 1), `STATUS_PENDING` included.
 pub(crate) fn nt_success(status: NTSTATUS) -> bool {

@@ -66,6 +66,7 @@ fn delta(a: Counts, b: Counts) -> Counts {
         dequeued: b.dequeued - a.dequeued,
         inline: b.inline - a.inline,
         drains: b.drains - a.drains,
+        lost: b.lost - a.lost,
     }
 }
 
@@ -516,4 +517,100 @@ fn direct_a_second_handle_keeps_the_socket_and_drop_is_quick() {
         start.elapsed()
     );
     drop(second);
+}
+
+/// A poll cancelled by the system, not by the poller (Windows before Vista
+/// cancels a thread's I/O when the thread exits), is no close: the grouped
+/// backend polls again and reports nothing until the data comes; the direct
+/// backend (which cannot poll on its own) reports the armed interest once,
+/// and the re-arm polls again. The cancel is issued here, behind the
+/// poller's back.
+#[test]
+fn a_poll_cancelled_by_the_system_is_no_close() {
+    for backend in BACKENDS {
+        let poller = Poller::with_backend(backend).unwrap();
+        let mut events = Events::new();
+        let (mut c, s) = pair();
+        poller
+            .add(&s, 1, Interest::READABLE, Mode::Oneshot)
+            .unwrap();
+        {
+            let st = super::lock(&iocp(&poller).state);
+            let slot = &st.slots[&s.as_raw_socket()];
+            assert!(slot.phase.in_kernel(), "{backend}: the poll is pending");
+            // SAFETY: the slot's op is alive (the slot and the request hold
+            // it); its status block is only used to name the request.
+            let found = unsafe { afd::cancel(slot.issue_on as _, slot.op.iosb.get()) };
+            assert!(matches!(found, Ok(true)), "{backend}: {found:?}");
+        }
+        let before = iocp(&poller).counts();
+        if backend == Backend::AfdDirect {
+            let e = expect(&poller, &mut events, 1);
+            assert!(e.is_readable() && !e.is_error(), "{backend}: {e:?}");
+            poller
+                .modify(&s, 1, Interest::READABLE, Mode::Oneshot)
+                .unwrap();
+        } else {
+            poller
+                .wait(&mut events, Some(Duration::from_millis(200)))
+                .unwrap();
+            assert!(events.is_empty(), "{backend}: {events:?}");
+        }
+        let d = delta(before, iocp(&poller).counts());
+        assert_eq!(d.polls, 1, "{backend}: polled again once: {d:?}");
+        c.write_all(b"x").unwrap();
+        let e = expect(&poller, &mut events, 1);
+        assert!(e.is_readable() && !e.is_error(), "{backend}: {e:?}");
+    }
+}
+
+/// Under Wine a poll that completes while the thread that issued it exits
+/// comes back with its result lost (docs/WINDOWS.md). Each such completion
+/// is counted, is not taken for a close, and costs the grouped backend one
+/// more poll; every registration is reported. The data is sent as the
+/// registering thread ends; the rounds spread the send over its exit.
+#[test]
+fn a_lost_result_is_polled_again() {
+    use std::sync::atomic::AtomicBool;
+    const ROUNDS: u64 = 100;
+    let poller = Poller::with_backend(Backend::Afd).unwrap();
+    let mut events = Events::new();
+    let before = iocp(&poller).counts();
+    for round in 0..ROUNDS {
+        let (mut c, s) = pair();
+        let key = round as usize;
+        let added = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let thread = sc.spawn(|| {
+                poller
+                    .add(&s, key, Interest::READABLE, Mode::Oneshot)
+                    .unwrap();
+                added.store(true, Ordering::Release);
+            });
+            while !added.load(Ordering::Acquire) && !thread.is_finished() {
+                std::hint::spin_loop();
+            }
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_micros(round % 10 * 10) {
+                std::hint::spin_loop();
+            }
+            c.write_all(b"x").unwrap();
+            thread.join().unwrap();
+        });
+        assert!(expect(&poller, &mut events, key).is_readable());
+        poller.delete(&s).unwrap();
+    }
+    let d = delta(before, iocp(&poller).counts());
+    println!("{ROUNDS} adds while the thread exits: {d:?}");
+    assert_eq!(
+        d.polls,
+        ROUNDS + d.lost,
+        "one more poll per lost result: {d:?}"
+    );
+    assert_eq!(canary::FREED_PENDING.load(Ordering::Relaxed), 0);
+    if afd::is_wine() {
+        assert!(d.lost > 0, "the lost-result path was not exercised: {d:?}");
+    } else {
+        assert_eq!(d.lost, 0, "Windows does not lose poll results: {d:?}");
+    }
 }
