@@ -74,15 +74,26 @@ fn the_raw_server_on_poll_uses_oneshot() {
     check(Server::Raw, &["--backend", "poll"]);
 }
 
+#[cfg(unix)]
 #[test]
-fn pending_and_unknown_servers_are_refused() {
-    let out = Command::new(env!("CARGO_BIN_EXE_echo-peer"))
-        .args(["--server", "net"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pending"));
+fn the_net_server_on_poll_uses_oneshot() {
+    check(Server::Net, &["--backend", "poll"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn the_async_server_on_poll_uses_oneshot() {
+    check(Server::Async, &["--backend", "poll"]);
+}
+
+#[test]
+fn the_project_servers_are_built() {
+    let built: Vec<Server> = Server::built().collect();
+    assert!(built.contains(&Server::Net) && built.contains(&Server::Async));
+}
+
+#[test]
+fn unknown_servers_are_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_echo-peer"))
         .args(["--server", "nope"])
         .output()

@@ -732,7 +732,7 @@ fn main() -> ExitCode {
         args.servers.clone()
     };
     if let Some(s) = servers.iter().find(|s| !s.is_built()) {
-        eprintln!("echo-matrix: the {s} server is not built (pending)");
+        eprintln!("echo-matrix: the {s} server is not built for this OS");
         return ExitCode::FAILURE;
     }
     let workloads: Vec<Workload> = if args.workloads.is_empty() {

@@ -20,14 +20,15 @@ use readiness_bench::echo::{self, Server};
     about = "A single-threaded echo server of the echo benchmark"
 )]
 struct Args {
-    /// The server: epoll (the floor, Linux), raw, mio, polling, tokio, smol
-    /// (net and async are pending).
+    /// The server: epoll (the floor, Linux), raw, net (the readiness-net
+    /// layer), async (the readiness-async adapter), mio, polling, tokio, smol.
     #[arg(long)]
     server: Server,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:0")]
     addr: SocketAddr,
-    /// The readiness backend of the `raw` server (epoll, poll, ...).
+    /// The readiness backend of the `raw`, `net` and `async` servers (epoll,
+    /// poll, ...); the other servers ignore it.
     #[arg(long)]
     backend: Option<String>,
     /// Keep serving when standard input closes.
@@ -59,7 +60,7 @@ fn serve(args: &Args) -> std::io::Result<()> {
     if !args.server.is_built() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
-            "this server is not built (pending, or not for this OS)",
+            "this server is not built for this OS",
         ));
     }
     echo::raise_fd_limit()?;

@@ -10,7 +10,7 @@
 //! trip / the plain-epoll floor's in the same repetition), followed by the
 //! range of those per-repetition ratios: servers are interleaved within a
 //! repetition, so each ratio compares runs made a few seconds apart. Servers
-//! not built yet (the net-layer and async-adapter servers) are listed as
+//! not built here (none on Linux; the epoll floor elsewhere) are listed as
 //! pending. Without `--markdown` the tables go to stdout.
 
 #![deny(unsafe_code)]

@@ -21,13 +21,19 @@
 //! small message costs one `read` and one `write`; level-triggered and
 //! oneshot registrations read once per event. The async servers use their
 //! framework's own readiness API (`tokio::net::TcpStream::try_read`,
-//! `async_io::Async::read_with`), which read until `WouldBlock`.
+//! `async_io::Async::read_with`, which read until `WouldBlock`;
+//! readiness-async's `AsyncRead`, which takes a short read as drained on an
+//! edge-triggered registration). [`Server::Net`] is the net layer's own
+//! `Echo` handler on one `EventLoop`: its read buffer is the loop's pool and
+//! its pending writes are the connection's write queue.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::str::FromStr;
 
+mod async_server;
 mod mio_server;
+mod net_server;
 mod polling_server;
 mod raw_server;
 mod smol_server;
@@ -40,11 +46,8 @@ pub const READ_BUF: usize = 64 * 1024;
 
 /// The echo servers of the matrix.
 ///
-/// The project's own servers on the net layer (issue 6) and on the async
-/// adapter (issue 8) are listed as [`Server::Net`] and [`Server::Async`]:
-/// they are **pending** (not built yet; [`Server::is_built`] is false and
-/// [`run`] refuses them). Adding one is: its module here, its arm in [`run`],
-/// and `true` in [`Server::is_built`]; the matrix runner picks it up from
+/// Adding one is: its module here, its arm in [`run`], and `true` in
+/// [`Server::is_built`]; the matrix runner and the report pick it up from
 /// [`Server::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Server {
@@ -61,9 +64,11 @@ pub enum Server {
     Tokio,
     /// async-io 2 + async-executor 1 (smol's parts), a `LocalExecutor`.
     Smol,
-    /// PENDING (issue 6): the echo server on the readiness-net layer.
+    /// The project's net layer (readiness-net, issue 6): one `EventLoop`
+    /// with the layer's `Echo` handler.
     Net,
-    /// PENDING (issue 8): the echo server on the readiness-async adapter.
+    /// The project's async adapter (readiness-async, issue 8) with
+    /// async-executor's `LocalExecutor` in `readiness_async::block_on`.
     Async,
 }
 
@@ -94,13 +99,18 @@ impl Server {
         }
     }
 
-    /// Whether this server exists in this build (the pending ones do not;
-    /// the epoll floor exists on Linux only).
+    /// Whether this server exists in this build (the epoll floor exists on
+    /// Linux only).
     pub const fn is_built(self) -> bool {
         match self {
             Server::Epoll => cfg!(any(target_os = "linux", target_os = "android")),
-            Server::Raw | Server::Mio | Server::Polling | Server::Tokio | Server::Smol => true,
-            Server::Net | Server::Async => false,
+            Server::Raw
+            | Server::Net
+            | Server::Async
+            | Server::Mio
+            | Server::Polling
+            | Server::Tokio
+            | Server::Smol => true,
         }
     }
 
@@ -132,7 +142,9 @@ impl std::fmt::Display for Server {
 /// Options of a server run.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The readiness backend of [`Server::Raw`] (`None`: the OS default).
+    /// The readiness backend of [`Server::Raw`], [`Server::Net`] and
+    /// [`Server::Async`] (`None`: the OS default; the other servers ignore
+    /// it).
     pub backend: Option<readiness::Backend>,
 }
 
@@ -148,10 +160,12 @@ pub fn run(server: Server, listener: TcpListener, options: &Options) -> io::Resu
         Server::Polling => polling_server::run(listener),
         Server::Tokio => tokio_server::run(listener),
         Server::Smol => smol_server::run(listener),
-        // The place for the project's own servers (issues 6 and 8).
-        other => Err(io::Error::new(
+        Server::Net => net_server::run(listener, options.backend),
+        Server::Async => async_server::run(listener, options.backend),
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        Server::Epoll => Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("the {other} echo server is not built yet (pending)"),
+            "the epoll floor exists on Linux only",
         )),
     }
 }
@@ -341,14 +355,7 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown server 'nope'")
         );
-        assert!(!Server::Net.is_built() && !Server::Async.is_built());
-    }
-
-    #[test]
-    fn pending_servers_are_refused() {
-        let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-        let err = run(Server::Net, l, &Options { backend: None }).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        assert!(Server::Net.is_built() && Server::Async.is_built());
     }
 
     /// A partial write is kept and flushed, and nothing is read meanwhile.
