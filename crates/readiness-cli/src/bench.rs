@@ -84,40 +84,17 @@ pub struct ServerCounts {
     pub writes_refused: u64,
 }
 
-/// What `readiness bench` measured.
+/// What `readiness bench` measured: the client's report (its figures at the
+/// top level of the JSON, its server CPU fields from the server loop
+/// thread's clock) and what only the bench sees.
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
-    /// Poller backend (server and client).
-    pub backend: String,
-    /// Connections.
-    pub connections: u64,
-    /// Message size, bytes.
-    pub size: u64,
-    /// Messages in flight per connection.
-    pub depth: u64,
-    /// Warm-up, seconds.
-    pub warmup_s: f64,
-    /// Measured interval, seconds.
-    pub elapsed_s: f64,
-    /// Round trips in the measured interval.
-    pub round_trips: u64,
-    /// Round trips per second.
-    pub round_trips_per_s: f64,
-    /// Payload MB (10^6 bytes) per second, each way.
-    pub mb_per_s: f64,
-    /// Median latency, µs.
-    pub p50_us: f64,
-    /// 99th percentile, µs.
-    pub p99_us: f64,
-    /// 99.9th percentile, µs.
-    pub p999_us: f64,
-    /// Maximum, µs.
-    pub max_us: f64,
-    /// CPU seconds of the server's loop thread over the measured interval
-    /// (`None` where the thread's clock is not available).
-    pub server_cpu_s: Option<f64>,
-    /// Server thread CPU µs per round trip.
-    pub server_cpu_us_per_round_trip: Option<f64>,
+    /// The client's report; `server_cpu_s` and
+    /// `server_cpu_us_per_round_trip` are the server loop thread's CPU time
+    /// over the measured interval (`None` where the thread's clock is not
+    /// available).
+    #[serde(flatten)]
+    pub client: Report,
     /// Heap allocations in the measured interval, whole process (server,
     /// client and progress bar together).
     pub allocations: u64,
@@ -125,19 +102,11 @@ pub struct BenchReport {
     pub reallocations: u64,
     /// Allocations per round trip (whole process).
     pub allocations_per_round_trip: f64,
-    /// Echoes that differed from what was sent.
-    pub validation_failures: u64,
-    /// Connections that failed to connect.
-    pub connect_errors: u64,
-    /// Connections lost after connecting.
-    pub disconnects: u64,
     /// The CPUs the server and client threads were pinned to (`None`:
     /// fewer than two CPUs, or not Linux).
     pub pinned: Option<Pinning>,
     /// The server's counters.
     pub server: ServerCounts,
-    /// The client's full report.
-    pub client: Report,
 }
 
 impl BenchReport {
@@ -161,33 +130,43 @@ impl BenchReport {
         writeln!(
             out,
             "readiness bench: echo over loopback, net-layer server (1 loop) and echo-client in one process, backend {}",
-            self.backend
+            self.client.backend
         )?;
         writeln!(
             out,
             "{} connections, {} B messages, depth {}; {:.2} s measured after {:.2} s warm-up; {pinned}",
-            self.connections, self.size, self.depth, self.elapsed_s, self.warmup_s
+            self.client.connections,
+            self.client.size,
+            self.client.depth,
+            self.client.elapsed_s,
+            self.client.warmup_s
         )?;
         writeln!(out)?;
         let rows: Vec<(&str, String)> = vec![
-            ("round trips/s", format!("{:.0}", self.round_trips_per_s)),
-            ("round trips", self.round_trips.to_string()),
-            ("MB/s (each way)", format!("{:.2}", self.mb_per_s)),
-            ("latency p50", format!("{:.1} µs", self.p50_us)),
-            ("latency p99", format!("{:.1} µs", self.p99_us)),
-            ("latency p99.9", format!("{:.1} µs", self.p999_us)),
-            ("latency max", format!("{:.1} µs", self.max_us)),
+            (
+                "round trips/s",
+                format!("{:.0}", self.client.round_trips_per_s),
+            ),
+            ("round trips", self.client.round_trips.to_string()),
+            ("MB/s (each way)", format!("{:.2}", self.client.mb_per_s)),
+            ("latency p50", format!("{:.1} µs", self.client.p50_us)),
+            ("latency p99", format!("{:.1} µs", self.client.p99_us)),
+            ("latency p99.9", format!("{:.1} µs", self.client.p999_us)),
+            ("latency max", format!("{:.1} µs", self.client.max_us)),
             (
                 "server CPU per round trip",
-                na(self.server_cpu_us_per_round_trip, "µs"),
+                na(self.client.server_cpu_us_per_round_trip, "µs"),
             ),
             (
                 "allocations per round trip",
                 format!("{:.3} (whole process)", self.allocations_per_round_trip),
             ),
-            ("validation failures", self.validation_failures.to_string()),
-            ("connect errors", self.connect_errors.to_string()),
-            ("connections lost", self.disconnects.to_string()),
+            (
+                "validation failures",
+                self.client.validation_failures.to_string(),
+            ),
+            ("connect errors", self.client.connect_errors.to_string()),
+            ("connections lost", self.client.disconnects.to_string()),
         ];
         let width = rows
             .iter()
@@ -212,7 +191,9 @@ impl BenchReport {
             writeln!(
                 out,
                 "FAILED: {} validation failures, {} connect errors, {} connections lost",
-                self.validation_failures, self.connect_errors, self.disconnects
+                self.client.validation_failures,
+                self.client.connect_errors,
+                self.client.disconnects
             )?;
         } else {
             writeln!(out, "ok: every echoed byte checked")?;
@@ -451,37 +432,23 @@ pub fn run(args: &BenchArgs) -> io::Result<(BenchReport, Histogram<u64>)> {
     let [a0, a1] = observer.allocs;
     let allocations = a1.allocations.saturating_sub(a0.allocations) as u64;
     let reallocations = a1.reallocations.saturating_sub(a0.reallocations) as u64;
+    let round_trips = client.round_trips;
     let per_rt = |v: f64| {
-        if client.round_trips > 0 {
-            v / client.round_trips as f64
+        if round_trips > 0 {
+            v / round_trips as f64
         } else {
             0.0
         }
     };
+    let mut client = client;
+    client.server_cpu_s = server_cpu_s;
+    client.server_cpu_us_per_round_trip = server_cpu_s
+        .filter(|_| round_trips > 0)
+        .map(|s| per_rt(s * 1e6));
     let report = BenchReport {
-        backend: backend.name().to_string(),
-        connections: args.connections,
-        size: args.size,
-        depth: args.depth,
-        warmup_s: client.warmup_s,
-        elapsed_s: client.elapsed_s,
-        round_trips: client.round_trips,
-        round_trips_per_s: client.round_trips_per_s,
-        mb_per_s: client.mb_per_s,
-        p50_us: client.p50_us,
-        p99_us: client.p99_us,
-        p999_us: client.p999_us,
-        max_us: client.max_us,
-        server_cpu_s,
-        server_cpu_us_per_round_trip: server_cpu_s
-            .filter(|_| client.round_trips > 0)
-            .map(|s| per_rt(s * 1e6)),
         allocations,
         reallocations,
         allocations_per_round_trip: per_rt(allocations as f64),
-        validation_failures: client.validation_failures,
-        connect_errors: client.connect_errors,
-        disconnects: client.disconnects,
         pinned,
         server: ServerCounts {
             accepted: stats.connections_accepted,
@@ -522,7 +489,10 @@ fn write_svg(path: &Path, report: &BenchReport, hist: &Histogram<u64>) -> io::Re
         root.fill(&WHITE)?;
         let caption = format!(
             "Echo round-trip latency by percentile: {} connections, {} B, depth {}, {}",
-            report.connections, report.size, report.depth, report.backend
+            report.client.connections,
+            report.client.size,
+            report.client.depth,
+            report.client.backend
         );
         let mut chart = ChartBuilder::on(&root)
             .caption(caption, ("sans-serif", 18))

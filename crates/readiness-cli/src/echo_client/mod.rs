@@ -181,7 +181,8 @@ pub struct Report {
     /// Messages whose echo differed from what was sent.
     pub validation_failures: u64,
     /// Server CPU seconds (user + system, all threads) over the measured
-    /// interval, from `/proc/PID/stat` (10 ms ticks).
+    /// interval, from `/proc/PID/stat` (10 ms ticks) with `--server-pid`;
+    /// in `readiness bench`, the server loop thread's own clock.
     pub server_cpu_s: Option<f64>,
     /// Server CPU µs per round trip.
     pub server_cpu_us_per_round_trip: Option<f64>,
