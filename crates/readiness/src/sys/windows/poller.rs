@@ -916,17 +916,19 @@ impl IocpPoller {
             socket,
             "an AFD poll completed without its result (its thread exited)"
         );
+        if self.direct() {
+            // A tombstone (no registration) is dropped there: its poll ended
+            // without telling whether its socket was closed.
+            self.report_armed(st, socket, out);
+            return;
+        }
         let Some(slot) = st.slots.get_mut(&socket) else {
             return;
         };
         slot.phase = Phase::Idle;
         if slot.reg.is_none() {
-            // A deleted slot's poll is back (grouped), or a tombstone's poll
-            // ended without telling whether its socket was closed (direct):
-            // nothing is left to watch.
+            // A deleted slot's poll is back: nothing is left to watch.
             Self::remove(st, socket);
-        } else if self.direct() {
-            self.report_armed(st, socket, out);
         } else {
             // Also a poll being cancelled: what it would have completed with
             // does not matter, what is wanted now is polled.
