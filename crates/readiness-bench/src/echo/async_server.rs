@@ -42,30 +42,13 @@ pub(super) fn run(listener: TcpListener, backend: Option<Backend>) -> io::Result
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    if let Err(e) = stream.get_ref().set_nodelay(true) {
-                        tracing::debug!("TCP_NODELAY: {e}");
-                    }
+                    super::nodelay(stream.get_ref());
                     ex.spawn(echo(stream, buf.clone())).detach();
                 }
                 Err(e) => tracing::warn!("accept: {e}"),
             }
         }
     }))
-}
-
-/// Writes what the socket takes now.
-fn write_now(mut stream: &TcpStream, mut data: &[u8]) -> io::Result<usize> {
-    let total = data.len();
-    while !data.is_empty() {
-        match stream.write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(total - data.len())
 }
 
 async fn echo(stream: Async<TcpStream>, buf: Rc<RefCell<Vec<u8>>>) {
@@ -80,7 +63,7 @@ async fn echo(stream: Async<TcpStream>, buf: Rc<RefCell<Vec<u8>>>) {
                 Poll::Pending => return Poll::Pending,
             };
             if n > 0 {
-                let w = write_now(stream.get_ref(), &b[..n])?;
+                let w = super::flush(stream.get_ref(), &b[..n])?;
                 pending.extend_from_slice(&b[w..n]);
             }
             Poll::Ready(Ok(n))

@@ -25,30 +25,13 @@ pub(super) fn run(listener: TcpListener) -> io::Result<()> {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    if let Err(e) = stream.get_ref().set_nodelay(true) {
-                        tracing::debug!("TCP_NODELAY: {e}");
-                    }
+                    super::nodelay(stream.get_ref());
                     ex.spawn(echo(stream, buf.clone())).detach();
                 }
                 Err(e) => tracing::warn!("accept: {e}"),
             }
         }
     }))
-}
-
-/// Writes what the socket takes now.
-fn write_now(mut stream: &TcpStream, mut data: &[u8]) -> io::Result<usize> {
-    let total = data.len();
-    while !data.is_empty() {
-        match stream.write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(total - data.len())
 }
 
 async fn echo(stream: Async<TcpStream>, buf: Rc<RefCell<Vec<u8>>>) {
@@ -59,7 +42,7 @@ async fn echo(stream: Async<TcpStream>, buf: Rc<RefCell<Vec<u8>>>) {
                 let mut b = buf.borrow_mut();
                 let n = s.read(&mut b)?;
                 if n > 0 {
-                    let w = write_now(s, &b[..n])?;
+                    let w = super::flush(s, &b[..n])?;
                     pending.extend_from_slice(&b[w..n]);
                 }
                 Ok(n)
